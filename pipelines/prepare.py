@@ -1,0 +1,85 @@
+"""DVC stage ``prepare``: raw image-text pairs -> filtered WebDataset shards + COCO val export.
+
+    python pipelines/prepare.py [hydra overrides...]
+
+Writes (as dvc.yaml declares): ``data/shards/{train,val}/*.tar``, ``data/eval/val/`` (COCO
+captions JSON + images), ``metrics/prepare.json`` and ``reports/prepare/contact_sheet.png``; logs
+one MLflow run. For a cluster, run each ``prepare.num_parts=N prepare.part_index=i`` side by side,
+then once with ``merge_only=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from glide.config import compose, project_root, to_dataclass
+from glide.data.filters import FilterConfig
+from glide.data.prepare import PrepareConfig, contact_sheet, merge_parts, reset_outputs, run_part
+from glide.data.sources import build_source
+from glide.tracking import flatten_params, tracked_run
+
+
+def _metrics(stats: dict) -> dict[str, float]:
+    flat = flatten_params({k: v for k, v in stats.items() if k != "ground_truth"})
+    for kind, values in stats.get("ground_truth", {}).items():
+        flat.update({f"ground_truth.{kind}.{k}": str(v) for k, v in values.items()})
+    out = {}
+    for key, value in flat.items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def main(argv: list[str]) -> int:
+    cfg = compose("config", argv)
+    root = project_root()
+    prep = to_dataclass(PrepareConfig, cfg["prepare"])
+    filters = to_dataclass(FilterConfig, cfg["filters"])
+    source = build_source(cfg["data"]["source"], **cfg["data"]["options"])
+    has_truth = cfg["data"]["source"] == "shapes"
+
+    if prep.num_parts > 1 and not cfg["merge_only"]:
+        counts = run_part(source, filters, prep, has_ground_truth=has_truth)
+        print(f"part {prep.part_index}/{prep.num_parts}: kept {counts['kept']}/{counts['total']}")
+        return 0
+
+    run_name = "prepare" if prep.num_parts == 1 else f"prepare-merge-{prep.num_parts}"
+    with tracked_run(
+        root=root,
+        experiment=cfg["experiment"],
+        run_name=run_name,
+        params=cfg,
+        tags={"stage": "prepare"},
+        uri=cfg["tracking_uri"],
+    ) as mlflow:
+        if prep.num_parts == 1:
+            reset_outputs(prep)
+            run_part(source, filters, prep, has_ground_truth=has_truth)
+        stats = merge_parts(prep)
+
+        metrics_path = Path(cfg["metrics_file"])
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        reports = Path(cfg["reports_dir"])
+        reports.mkdir(parents=True, exist_ok=True)
+        train_shards = sorted((Path(prep.shards_dir) / "train").glob("*.tar"))
+        sheet = contact_sheet(train_shards, n=cfg["contact_sheet_samples"])
+        sheet.save(reports / "contact_sheet.png", optimize=False)
+
+        mlflow.log_metrics(_metrics(stats))
+        mlflow.log_artifact(str(metrics_path))
+        mlflow.log_artifact(str(reports / "contact_sheet.png"))
+    print(
+        f"prepare: kept {stats['kept']}/{stats['total']} "
+        f"(train {stats['splits']['train']}, val {stats['splits']['val']}), "
+        f"dropped {stats['dropped']}, {stats['records_per_s']} records/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

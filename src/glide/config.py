@@ -1,0 +1,60 @@
+"""Hydra at the edge: compose the project's config tree and turn sections into dataclasses.
+
+Pipeline entry points call :func:`compose`; the library itself only sees typed dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def find_conf_dir() -> Path:
+    """``$GLIDE_CONF_DIR``, else ``./conf``, else the ``conf/`` of the source checkout."""
+    env = os.environ.get("GLIDE_CONF_DIR")
+    if env:
+        return Path(env).resolve()
+    for candidate in (Path.cwd() / "conf", Path(__file__).resolve().parents[2] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        "no Hydra config tree found: run from the repository root (which has conf/config.yaml) "
+        "or set GLIDE_CONF_DIR"
+    )
+
+
+def project_root() -> Path:
+    """The folder holding ``conf/``: where ``mlflow.db`` and stage outputs live."""
+    return find_conf_dir().parent
+
+
+def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; return a plain resolved dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(find_conf_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return container  # type: ignore[return-value]
+
+
+def to_dataclass(cls: type[T], section: dict[str, Any] | None) -> T:
+    """Build ``cls`` from a config section, naming unknown keys instead of a bare TypeError."""
+    section = dict(section or {})
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known: {sorted(names)}")
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        # YAML lists arrive as lists; frozen configs use tuples.
+        if f.name in section and isinstance(section[f.name], list):
+            section[f.name] = tuple(section[f.name])
+    return cls(**section)
