@@ -1,0 +1,519 @@
+"""The Gaussian diffusion of GLIDE: forward process q, learned reverse process p, samplers, loss.
+
+Notation follows Ho et al. (2020) and Nichol & Dhariwal (2021): ``alpha_t = 1 - beta_t``,
+``abar_t = prod_{s<=t} alpha_s``, ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``. Timesteps are
+integer indices ``t`` in ``0..T-1`` into this object's betas (index 0 is one noising step).
+
+The model is any callable ``model(x_t, t, **model_kwargs) -> [B, 2C, H, W]``: the first C channels
+predict ``eps``, the last C are the learned-range variance values ``v`` in [-1, 1] that
+interpolate, in log space, between the posterior variance ``beta~_t`` (v = -1) and ``beta_t``
+(v = +1). A respaced process (see :mod:`glide.diffusion.respace`) keeps a ``timestep_map`` and
+hands the model the original timesteps it was trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from glide.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+
+__all__ = ["CondFn", "DenoisedFn", "GaussianDiffusion", "Model"]
+
+Model = Callable[..., Tensor]
+"""``model(x_t [B,C,H,W], t [B] int64, **model_kwargs) -> [B, 2C, H, W]``."""
+CondFn = Callable[..., Tensor]
+"""``cond_fn(x_t, t, **model_kwargs) -> grad_x log p(y | x_t)``, shaped like ``x_t``."""
+DenoisedFn = Callable[[Tensor], Tensor]
+"""Applied to every (clipped) ``x_0`` prediction before it is used, e.g. to paste known pixels."""
+
+
+def _gather(values: Tensor, t: Tensor, ndim: int) -> Tensor:
+    """``values[t]`` as float32 on ``t``'s device, shaped [B, 1, ..., 1] with ``ndim`` dims."""
+    out = values[t.cpu()].to(device=t.device, dtype=torch.float32)
+    return out.reshape(-1, *([1] * (ndim - 1)))
+
+
+class _TimestepMappedModel:
+    """Calls ``model`` with ``timestep_map[t]`` in place of the respaced index ``t``."""
+
+    def __init__(self, model: Model, timestep_map: Tensor) -> None:
+        self.model = model
+        self.timestep_map = timestep_map
+
+    def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        return self.model(x, self.timestep_map.to(t.device)[t], **kwargs)
+
+
+class GaussianDiffusion:
+    """A T-step Gaussian diffusion with float64 coefficient tables (indexed by ``t``).
+
+    Args:
+        betas: [T] noise schedule, each in (0, 1].
+        timestep_map: [T] original timesteps fed to the model for each index; ``None`` means the
+            identity (an unspaced process).
+    """
+
+    def __init__(
+        self,
+        betas: Sequence[float] | np.ndarray | Tensor,
+        *,
+        timestep_map: Sequence[int] | None = None,
+    ) -> None:
+        b = torch.as_tensor(np.asarray(betas, dtype=np.float64))
+        if b.ndim != 1 or not bool(((b > 0) & (b <= 1)).all()):
+            raise ValueError("betas must be a 1-D array with values in (0, 1]")
+        self.num_timesteps = int(b.shape[0])
+        self.timestep_map = torch.as_tensor(
+            list(range(self.num_timesteps)) if timestep_map is None else list(timestep_map),
+            dtype=torch.long,
+        )
+        if self.timestep_map.shape != (self.num_timesteps,):
+            raise ValueError("timestep_map must hold one original timestep per beta")
+
+        self.betas = b
+        self.alphas_cumprod = torch.cumprod(1.0 - b, dim=0)
+        self.alphas_cumprod_prev = torch.cat([b.new_ones(1), self.alphas_cumprod[:-1]])
+        abar, abar_prev = self.alphas_cumprod, self.alphas_cumprod_prev
+        self.sqrt_alphas_cumprod = abar.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - abar).sqrt()
+        self.log_one_minus_alphas_cumprod = torch.log(1.0 - abar)
+        self.sqrt_recip_alphas_cumprod = (1.0 / abar).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / abar - 1.0).sqrt()
+        # q(x_{t-1} | x_t, x_0) = N(c1 x_0 + c2 x_t, beta~_t); beta~_0 = 0, so its log borrows beta~_1.
+        self.posterior_variance = b * (1.0 - abar_prev) / (1.0 - abar)
+        fill = self.posterior_variance[1:2] if self.num_timesteps > 1 else b[:1]
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([fill, self.posterior_variance[1:]])
+        )
+        self.posterior_mean_coef1 = b * abar_prev.sqrt() / (1.0 - abar)
+        self.posterior_mean_coef2 = (1.0 - abar_prev) * (1.0 - b).sqrt() / (1.0 - abar)
+        self.log_betas = torch.log(b)
+
+    # ----------------------------------------------------------------------------- model access
+    def wrap_model(self, model: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``model`` (or a ``cond_fn``) as seen from this process: fed the original timesteps."""
+        if isinstance(model, _TimestepMappedModel) or bool(
+            (self.timestep_map == torch.arange(self.num_timesteps)).all()
+        ):
+            return model
+        return _TimestepMappedModel(model, self.timestep_map)
+
+    # -------------------------------------------------------------------------------- forward q
+    def q_mean_variance(self, x_start: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, variance and log-variance of ``q(x_t | x_0)``; mean [B,C,H,W], others [B,1,1,1]."""
+        n = x_start.ndim
+        mean = _gather(self.sqrt_alphas_cumprod, t, n) * x_start
+        return (
+            mean,
+            _gather(1.0 - self.alphas_cumprod, t, n),
+            _gather(self.log_one_minus_alphas_cumprod, t, n),
+        )
+
+    def q_sample(self, x_start: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Draw ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; x_start, noise: [B,C,H,W]; t: [B]."""
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        n = x_start.ndim
+        return (
+            _gather(self.sqrt_alphas_cumprod, t, n) * x_start
+            + _gather(self.sqrt_one_minus_alphas_cumprod, t, n) * noise
+        )
+
+    def q_posterior_mean_variance(
+        self, x_start: Tensor, x_t: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean [B,C,H,W], variance and clipped log-variance [B,1,1,1] of ``q(x_{t-1} | x_t, x_0)``."""
+        n = x_t.ndim
+        mean = (
+            _gather(self.posterior_mean_coef1, t, n) * x_start
+            + _gather(self.posterior_mean_coef2, t, n) * x_t
+        )
+        return (
+            mean,
+            _gather(self.posterior_variance, t, n),
+            _gather(self.posterior_log_variance_clipped, t, n),
+        )
+
+    def predict_xstart_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """``x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
+        n = x_t.ndim
+        return (
+            _gather(self.sqrt_recip_alphas_cumprod, t, n) * x_t
+            - _gather(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+        )
+
+    def predict_eps_from_xstart(self, x_t: Tensor, t: Tensor, pred_xstart: Tensor) -> Tensor:
+        """The ``eps`` that maps ``x_0`` to ``x_t`` (inverse of :meth:`predict_xstart_from_eps`)."""
+        n = x_t.ndim
+        return (_gather(self.sqrt_recip_alphas_cumprod, t, n) * x_t - pred_xstart) / _gather(
+            self.sqrt_recipm1_alphas_cumprod, t, n
+        )
+
+    # ------------------------------------------------------------------------------- reverse p
+    def p_mean_variance_from_output(
+        self,
+        model_output: Tensor,
+        x: Tensor,
+        t: Tensor,
+        *,
+        clip_denoised: bool = True,
+        denoised_fn: DenoisedFn | None = None,
+    ) -> dict[str, Tensor]:
+        """``p(x_{t-1} | x_t)`` from a raw model output [B, 2C, H, W] (eps, variance values).
+
+        ``pred_xstart`` is clipped to [-1, 1] when ``clip_denoised``, then passed through
+        ``denoised_fn``. Returns ``mean``, ``variance``, ``log_variance``, ``pred_xstart``
+        (all [B, C, H, W]) and ``eps`` (the model's raw eps).
+        """
+        c = x.shape[1]
+        if model_output.shape != (x.shape[0], 2 * c, *x.shape[2:]):
+            raise ValueError(
+                f"model output {tuple(model_output.shape)} is not [B, 2C, ...] for x {tuple(x.shape)}"
+            )
+        eps, var_values = model_output[:, :c], model_output[:, c:]
+        min_log = _gather(self.posterior_log_variance_clipped, t, x.ndim)
+        max_log = _gather(self.log_betas, t, x.ndim)
+        frac = (var_values + 1) / 2
+        log_variance = frac * max_log + (1 - frac) * min_log
+
+        pred_xstart = self.predict_xstart_from_eps(x, t, eps)
+        if clip_denoised:
+            pred_xstart = pred_xstart.clamp(-1, 1)
+        if denoised_fn is not None:
+            pred_xstart = denoised_fn(pred_xstart)
+        mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
+        return {
+            "mean": mean,
+            "variance": torch.exp(log_variance),
+            "log_variance": log_variance,
+            "pred_xstart": pred_xstart,
+            "eps": eps,
+        }
+
+    def p_mean_variance(
+        self,
+        model: Model,
+        x: Tensor,
+        t: Tensor,
+        *,
+        clip_denoised: bool = True,
+        denoised_fn: DenoisedFn | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Tensor]:
+        """Run the model at ``(x_t [B,C,H,W], t [B])`` and return ``p(x_{t-1} | x_t)``.
+
+        See :meth:`p_mean_variance_from_output` for the keys.
+        """
+        output = self.wrap_model(model)(x, t, **(model_kwargs or {}))
+        return self.p_mean_variance_from_output(
+            output, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn
+        )
+
+    def condition_mean(
+        self,
+        cond_fn: CondFn,
+        out: dict[str, Tensor],
+        x: Tensor,
+        t: Tensor,
+        model_kwargs: dict[str, Any],
+    ) -> Tensor:
+        """Sohl-Dickstein et al.'s guided mean ``mu + Sigma * grad_x log p(y | x_t)``."""
+        grad = self.wrap_model(cond_fn)(x, t, **model_kwargs)
+        return out["mean"].float() + out["variance"] * grad.float()
+
+    def condition_score(
+        self,
+        cond_fn: CondFn,
+        out: dict[str, Tensor],
+        x: Tensor,
+        t: Tensor,
+        model_kwargs: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        """Song et al.'s score shift ``eps - sqrt(1 - abar_t) grad``, for the deterministic sampler."""
+        grad = self.wrap_model(cond_fn)(x, t, **model_kwargs)
+        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
+        eps = eps - _gather(self.sqrt_one_minus_alphas_cumprod, t, x.ndim) * grad
+        new = dict(out)
+        new["pred_xstart"] = self.predict_xstart_from_eps(x, t, eps)
+        new["mean"], _, _ = self.q_posterior_mean_variance(new["pred_xstart"], x, t)
+        return new
+
+    def p_sample(
+        self,
+        model: Model,
+        x: Tensor,
+        t: Tensor,
+        *,
+        clip_denoised: bool = True,
+        denoised_fn: DenoisedFn | None = None,
+        cond_fn: CondFn | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """One ancestral step ``x_{t-1} ~ p(x_{t-1} | x_t)``; no noise where ``t == 0``.
+
+        Returns ``sample`` and ``pred_xstart``, both [B, C, H, W].
+        """
+        model_kwargs = model_kwargs or {}
+        out = self.p_mean_variance(
+            model,
+            x,
+            t,
+            clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn,
+            model_kwargs=model_kwargs,
+        )
+        if cond_fn is not None:
+            out["mean"] = self.condition_mean(cond_fn, out, x, t, model_kwargs)
+        if noise is None:
+            noise = torch.randn_like(x)
+        nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
+        sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
+
+    def ddim_sample(
+        self,
+        model: Model,
+        x: Tensor,
+        t: Tensor,
+        *,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+        denoised_fn: DenoisedFn | None = None,
+        cond_fn: CondFn | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """One DDIM step (Song et al. 2021, eq. 12) from index ``t`` to ``t - 1``.
+
+        ``x_{t-1} = sqrt(abar_{t-1}) x_0 + sqrt(1 - abar_{t-1} - sigma^2) eps + sigma z`` with
+        ``sigma = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1})``;
+        ``eta = 0`` is deterministic, ``eta = 1`` matches the ancestral variance ``beta~_t``.
+        """
+        model_kwargs = model_kwargs or {}
+        out = self.p_mean_variance(
+            model,
+            x,
+            t,
+            clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn,
+            model_kwargs=model_kwargs,
+        )
+        if cond_fn is not None:
+            out = self.condition_score(cond_fn, out, x, t, model_kwargs)
+        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
+        abar = _gather(self.alphas_cumprod, t, x.ndim)
+        abar_prev = _gather(self.alphas_cumprod_prev, t, x.ndim)
+        sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar)) * torch.sqrt(1 - abar / abar_prev)
+        mean = (
+            out["pred_xstart"] * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev - sigma**2) * eps
+        )
+        if eta == 0.0:
+            return {"sample": mean, "pred_xstart": out["pred_xstart"]}
+        if noise is None:
+            noise = torch.randn_like(x)
+        nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
+        return {"sample": mean + nonzero * sigma * noise, "pred_xstart": out["pred_xstart"]}
+
+    def ddim_reverse_sample(
+        self,
+        model: Model,
+        x: Tensor,
+        t: Tensor,
+        *,
+        clip_denoised: bool = True,
+        denoised_fn: DenoisedFn | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Tensor]:
+        """Deterministic DDIM step *up* the chain, from ``x`` at index ``t`` to index ``t + 1``."""
+        out = self.p_mean_variance(
+            model,
+            x,
+            t,
+            clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn,
+            model_kwargs=model_kwargs,
+        )
+        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
+        abar_next = torch.cat([self.alphas_cumprod[1:], self.alphas_cumprod.new_zeros(1)])
+        a = _gather(abar_next, t, x.ndim)
+        return {
+            "sample": out["pred_xstart"] * torch.sqrt(a) + torch.sqrt(1 - a) * eps,
+            "pred_xstart": out["pred_xstart"],
+        }
+
+    # ------------------------------------------------------------------------------- sampling loops
+    def _initial_noise(
+        self,
+        model: Model,
+        shape: Sequence[int],
+        noise: Tensor | None,
+        noise_temperature: float,
+        device: torch.device | str | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """``x_T`` (given or drawn on ``device``, else the model's device) times the temperature."""
+        if device is None and isinstance(model, torch.nn.Module):
+            device = next(model.parameters(), torch.empty(0)).device
+        if noise is None:
+            noise = torch.randn(*shape, device=device, generator=generator)
+        elif tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+        return noise * noise_temperature
+
+    def _indices(self, progress: bool) -> Iterable[int]:
+        """``T-1, ..., 0``, behind a tqdm progress bar when asked."""
+        indices = range(self.num_timesteps - 1, -1, -1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            return tqdm(indices)
+        return indices
+
+    def p_sample_loop_progressive(
+        self,
+        model: Model,
+        shape: Sequence[int],
+        *,
+        noise: Tensor | None = None,
+        noise_temperature: float = 1.0,
+        clip_denoised: bool = True,
+        denoised_fn: DenoisedFn | None = None,
+        cond_fn: CondFn | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Ancestral sampling from ``x_T`` down to ``x_0``, yielding each :meth:`p_sample` output.
+
+        ``noise_temperature`` multiplies the initial ``x_T`` (the release sampled its upsampler
+        with 0.997 this way); the per-step noise is left at unit scale, as in the release.
+        ``generator`` seeds the initial and per-step noise.
+        """
+        x = self._initial_noise(model, shape, noise, noise_temperature, device, generator)
+        for i in self._indices(progress):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            step_noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            with torch.no_grad():
+                out = self.p_sample(
+                    model,
+                    x,
+                    t,
+                    clip_denoised=clip_denoised,
+                    denoised_fn=denoised_fn,
+                    cond_fn=cond_fn,
+                    model_kwargs=model_kwargs,
+                    noise=step_noise,
+                )
+            yield out
+            x = out["sample"]
+
+    def p_sample_loop(self, model: Model, shape: Sequence[int], **kwargs: Any) -> Tensor:
+        """The final sample [B, C, H, W] of :meth:`p_sample_loop_progressive` (same arguments)."""
+        (last,) = deque(self.p_sample_loop_progressive(model, shape, **kwargs), maxlen=1)
+        return last["sample"]
+
+    def ddim_sample_loop_progressive(
+        self,
+        model: Model,
+        shape: Sequence[int],
+        *,
+        eta: float = 0.0,
+        noise: Tensor | None = None,
+        noise_temperature: float = 1.0,
+        clip_denoised: bool = True,
+        denoised_fn: DenoisedFn | None = None,
+        cond_fn: CondFn | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[dict[str, Tensor]]:
+        """DDIM sampling over every index of this process, yielding each :meth:`ddim_sample` output."""
+        x = self._initial_noise(model, shape, noise, noise_temperature, device, generator)
+        for i in self._indices(progress):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            step_noise = (
+                torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+                if eta != 0.0
+                else None
+            )
+            with torch.no_grad():
+                out = self.ddim_sample(
+                    model,
+                    x,
+                    t,
+                    eta=eta,
+                    clip_denoised=clip_denoised,
+                    denoised_fn=denoised_fn,
+                    cond_fn=cond_fn,
+                    model_kwargs=model_kwargs,
+                    noise=step_noise,
+                )
+            yield out
+            x = out["sample"]
+
+    def ddim_sample_loop(self, model: Model, shape: Sequence[int], **kwargs: Any) -> Tensor:
+        """The final sample [B, C, H, W] of :meth:`ddim_sample_loop_progressive` (same arguments)."""
+        (last,) = deque(self.ddim_sample_loop_progressive(model, shape, **kwargs), maxlen=1)
+        return last["sample"]
+
+    # ---------------------------------------------------------------------------------- training
+    def vb_terms_bpd(
+        self,
+        model_output: Tensor,
+        x_start: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        *,
+        clip_denoised: bool = False,
+    ) -> dict[str, Tensor]:
+        """One term of the variational bound in bits per dimension, [B].
+
+        ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` for ``t > 0`` and the discretised
+        Gaussian decoder NLL ``-log p(x_0 | x_1)`` at ``t == 0``. Also returns ``pred_xstart``.
+        """
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x_start, x_t, t)
+        out = self.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=clip_denoised)
+        kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]))
+        nll = -discretized_gaussian_log_likelihood(
+            x_start, means=out["mean"], log_scales=0.5 * out["log_variance"]
+        )
+        nll = mean_flat(nll)
+        bits = torch.where(t == 0, nll, kl) / math.log(2.0)
+        return {"output": bits, "pred_xstart": out["pred_xstart"]}
+
+    def training_losses(
+        self,
+        model: Model,
+        x_start: Tensor,
+        t: Tensor,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The hybrid loss ``L_simple + L_vb`` of Nichol & Dhariwal for learned-range models.
+
+        ``mse`` is the eps regression error (mean over non-batch dims); ``vb`` is the bound term
+        in bits/dim with the eps prediction detached, so it trains only the variance, scaled by
+        ``T / 1000``; ``loss = mse + vb``. All three are [B]; x_start: [B, C, H, W], t: [B].
+        """
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise=noise)
+        output = self.wrap_model(model)(x_t, t, **(model_kwargs or {}))
+        c = x_t.shape[1]
+        eps = output[:, :c]
+        frozen = torch.cat([eps.detach(), output[:, c:]], dim=1)
+        vb = self.vb_terms_bpd(frozen, x_start, x_t, t, clip_denoised=False)["output"]
+        vb = vb * (self.num_timesteps / 1000.0)
+        mse = mean_flat((noise - eps) ** 2)
+        return {"mse": mse, "vb": vb, "loss": mse + vb}
