@@ -35,8 +35,8 @@ def measure(workers: int, records: int, out: Path) -> tuple[float, dict]:
     )
     reset_outputs(prep)
     start = time.perf_counter()
-    run_part(source, filters, prep, has_ground_truth=True)
-    stats = merge_parts(prep)
+    seconds = run_part(source, filters, prep, has_ground_truth=True)["seconds"]
+    stats = merge_parts(prep, seconds=seconds)
     return records / (time.perf_counter() - start), stats
 
 

@@ -11,6 +11,7 @@ then once with ``merge_only=true``.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def _metrics(stats: dict) -> dict[str, float]:
         flat.update({f"ground_truth.{kind}.{k}": str(v) for k, v in values.items()})
     out = {}
     for key, value in flat.items():
+        key = re.sub(r"[^\w\-. :/]", "_", key)  # MLflow metric-name alphabet
         try:
             out[key] = float(value)
         except ValueError:
@@ -44,7 +46,11 @@ def main(argv: list[str]) -> int:
 
     if prep.num_parts > 1 and not cfg["merge_only"]:
         counts = run_part(source, filters, prep, has_ground_truth=has_truth)
-        print(f"part {prep.part_index}/{prep.num_parts}: kept {counts['kept']}/{counts['total']}")
+        rate = counts["total"] / counts["seconds"]
+        print(
+            f"part {prep.part_index}/{prep.num_parts}: kept {counts['kept']}/{counts['total']} "
+            f"({rate:.1f} records/s); merge with merge_only=true when all parts are done"
+        )
         return 0
 
     run_name = "prepare" if prep.num_parts == 1 else f"prepare-merge-{prep.num_parts}"
@@ -56,10 +62,11 @@ def main(argv: list[str]) -> int:
         tags={"stage": "prepare"},
         uri=cfg["tracking_uri"],
     ) as mlflow:
+        seconds = None
         if prep.num_parts == 1:
             reset_outputs(prep)
-            run_part(source, filters, prep, has_ground_truth=has_truth)
-        stats = merge_parts(prep)
+            seconds = run_part(source, filters, prep, has_ground_truth=has_truth)["seconds"]
+        stats = merge_parts(prep, seconds=seconds)
 
         metrics_path = Path(cfg["metrics_file"])
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +83,7 @@ def main(argv: list[str]) -> int:
     print(
         f"prepare: kept {stats['kept']}/{stats['total']} "
         f"(train {stats['splits']['train']}, val {stats['splits']['val']}), "
-        f"dropped {stats['dropped']}, {stats['records_per_s']} records/s"
+        f"dropped {stats['dropped']}, {stats.get('records_per_s', '-')} records/s"
     )
     return 0
 

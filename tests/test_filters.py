@@ -20,7 +20,9 @@ def rec(data: bytes, caption: str | None = "a red circle", key: str = "k") -> Ra
 
 @pytest.fixture(scope="module")
 def flt() -> RecordFilter:
-    return RecordFilter(FilterConfig(min_side=32, max_aspect=2.0, max_caption_chars=50))
+    return RecordFilter(
+        FilterConfig(min_side=32, max_aspect=2.0, max_caption_chars=50, image_format="png")
+    )
 
 
 def test_clean_record_is_kept_and_reencoded(flt: RecordFilter) -> None:
@@ -95,7 +97,7 @@ def test_other_modes_are_converted_not_dropped(flt: RecordFilter, mode: str) -> 
     base = pattern_image(8)
     if mode == "I;16":
         arr = (np.asarray(base.convert("L"), np.uint16) * 257).astype(np.uint16)
-        img = Image.fromarray(arr, "I;16")
+        img = Image.fromarray(arr)  # uint16 -> mode I;16
     else:
         img = base.convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
@@ -128,8 +130,8 @@ def test_exif_orientation_applied(flt: RecordFilter) -> None:
     assert arr[5, 24, 0] > 200 and arr[60, 24, 2] > 200  # red on top after rotation
 
 
-def test_large_images_downscaled_and_jpg_output() -> None:
-    flt = RecordFilter(FilterConfig(max_side=128, image_format="jpg"))
+def test_large_images_downscaled_and_default_jpg_output() -> None:
+    flt = RecordFilter(FilterConfig(max_side=128))
     out = flt(rec(encode(pattern_image(9, (400, 300)))))
     assert out.reason is None and (out.width, out.height) == (128, 96)
     assert Image.open(io.BytesIO(out.image_bytes)).format == "JPEG"

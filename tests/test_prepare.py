@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from glide.data.filters import FilterConfig
 from glide.data.prepare import PrepareConfig, merge_parts, reset_outputs, run_part
@@ -28,7 +28,7 @@ EXPECTED_DROPS = {
     "exact_duplicate": 2,
     "near_duplicate": 1,
 }
-N_CLEAN = 24
+N_CLEAN = 25  # 24 blocky patterns + 1 smooth image (the near-duplicate original)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,10 @@ def messy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if caption is not None:
             (root / name).with_suffix(".txt").write_text(caption)
 
-    for i in range(N_CLEAN):
+    for i in range(N_CLEAN - 1):
         put(f"clean{i:02d}.png", encode(pattern_image(100 + i, (128, 128))), f"clean image {i}")
+    smooth = pattern_image(300, (128, 128)).filter(ImageFilter.GaussianBlur(2))
+    put("clean99.png", encode(smooth), "a smooth image")
     put("clean90.png", encode(pattern_image(200, (128, 128)).convert("L")), "gray kept")
     put("clean91.png", encode(pattern_image(201, (128, 128)).convert("RGBA")), "rgba kept")
     put("clean92.jpg", encode(pattern_image(202, (128, 128)).convert("CMYK"), "JPEG"), "cmyk")
@@ -57,7 +59,7 @@ def messy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Duplicates sort after their originals ("e" > "c"), so the copies are the ones dropped.
     put("e_dup1.png", encode(pattern_image(100, (128, 128))), "same pixels")
     put("e_dup2.bmp", encode(pattern_image(101, (128, 128)), "BMP"), "same pixels, other format")
-    reenc = pattern_image(102, (128, 128)).resize((120, 120))
+    reenc = smooth.resize((120, 120), Image.Resampling.LANCZOS)
     put("e_near.jpg", encode(reenc, "JPEG", quality=75), "re-encoded copy")
     (root / "blocklist.txt").write_text("# test list\nforbiddenword\n")
     return root
@@ -65,7 +67,10 @@ def messy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _configs(root: Path, out: Path, **prep) -> tuple[FilterConfig, PrepareConfig]:
     filters = FilterConfig(
-        min_side=64, blocklist_files=(str(root / "blocklist.txt"),), max_caption_chars=300
+        image_format="png",
+        min_side=64,
+        blocklist_files=(str(root / "blocklist.txt"),),
+        max_caption_chars=300,
     )
     prep_cfg = PrepareConfig(
         shards_dir=str(out / "shards"),

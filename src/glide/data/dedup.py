@@ -64,7 +64,7 @@ class NearDupIndex:
     difference of the colour thumbnails is at most ``max_thumb_diff`` (0-255 scale).
     """
 
-    def __init__(self, radius: int = 6, max_thumb_diff: float = 10.0) -> None:
+    def __init__(self, radius: int = 6, max_thumb_diff: float = 4.0) -> None:
         if not 0 <= radius < HASH_BITS:
             raise ValueError(f"near-duplicate radius must be in [0, {HASH_BITS}), got {radius}")
         self.radius = radius

@@ -38,9 +38,9 @@ class FilterConfig:
     exact_dedup: bool = True
     near_dedup: bool = True
     near_dup_radius: int = 6
-    near_dup_max_thumb_diff: float = 10.0
+    near_dup_max_thumb_diff: float = 4.0
     max_side: int | None = 512  # larger images are downscaled (aspect kept) before encoding
-    image_format: str = "png"  # "png" or "jpg"
+    image_format: str = "jpg"  # "jpg" (fast, default) or "png" (lossless)
     jpeg_quality: int = 95
 
     def __post_init__(self) -> None:

@@ -156,7 +156,7 @@ def run_part(
                 errors.append({"key": rec.key, "error": str(rec.meta["error"])})
             continue
         if rec.original_mode != "RGB":
-            converted[f"mode_{rec.original_mode}"] += 1
+            converted[f"mode_{rec.original_mode.replace(';', '')}"] += 1
         split = split_of(rec.key, cfg.val_fraction, cfg.split_salt)
         sample = Sample(
             rec.key, rec.image_bytes, filter_cfg.image_format, rec.caption, _sample_meta(rec)
@@ -175,15 +175,15 @@ def run_part(
         "splits": {s: w.total for s, w in writers.items()},
         "converted": dict(sorted(converted.items())),
         "shards": {s: sorted(v) for s, v in shards.items()},
-        "seconds": time.perf_counter() - start,
         "errors": errors,
     }
     if has_ground_truth:
         counts["confusion"] = {k: dict(sorted(v.items())) for k, v in sorted(confusion.items())}
     part_doc = coco.document()
+    # The part file is a DVC output: no wall-clock time in it, or re-runs would differ.
     _write_json(_part_stats_path(cfg), counts)
     _write_json(Path(cfg.eval_dir) / "parts" / f"part-{cfg.part_index:03d}.json", part_doc)
-    return counts
+    return {**counts, "seconds": time.perf_counter() - start}
 
 
 def _sample_meta(rec: Checked) -> dict[str, Any]:
@@ -210,8 +210,11 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def merge_parts(cfg: PrepareConfig) -> dict[str, Any]:
-    """Combine every part's counts and COCO export; return the stage's metrics document."""
+def merge_parts(cfg: PrepareConfig, *, seconds: float | None = None) -> dict[str, Any]:
+    """Combine every part's counts and COCO export; return the stage's metrics document.
+
+    ``seconds`` (the wall time of a single-machine run) adds a throughput figure.
+    """
     parts = []
     for i in range(cfg.num_parts):
         path = _part_stats_path(cfg, i)
@@ -229,7 +232,6 @@ def merge_parts(cfg: PrepareConfig) -> dict[str, Any]:
         converted.update(p["converted"])
         for kind, outcomes in p.get("confusion", {}).items():
             confusion.setdefault(kind, Counter()).update(outcomes)
-    seconds = max(p["seconds"] for p in parts)
     total = sum(p["total"] for p in parts)
     stats: dict[str, Any] = {
         "total": total,
@@ -239,9 +241,10 @@ def merge_parts(cfg: PrepareConfig) -> dict[str, Any]:
         "converted": dict(sorted(converted.items())),
         "num_parts": cfg.num_parts,
         "shards": {s: sum(len(p["shards"][s]) for p in parts) for s in SPLITS},
-        "seconds": round(seconds, 3),
-        "records_per_s": round(total / seconds, 1) if seconds > 0 else None,
     }
+    if seconds:
+        stats["seconds"] = round(seconds, 3)
+        stats["records_per_s"] = round(total / seconds, 1)
     if confusion:
         stats["ground_truth"] = filter_quality(confusion, dropped)
     _merge_coco(cfg)

@@ -1,0 +1,113 @@
+"""DVC stage ``evaluate``: guidance sweeps and a sampler table of the trained cascade.
+
+    python pipelines/evaluate.py [evaluate=coco30k] [hydra overrides...]
+
+Reads the COCO-format set ``evaluate.captions`` (default: the val export of ``prepare``) and the
+models ``evaluate.base`` / ``upsampler`` / ``clip`` (default: ``models/*`` from training).
+Writes ``metrics/evaluate.json`` (``{"cfg": {scale: metrics}, "clip": ..., "samplers": ...}``),
+``plots/guidance.csv`` and ``plots/samplers.csv`` (``dvc plots``), ``plots/guidance_pareto.png``
+and one sample grid per point under ``reports/evaluate/``; logs one MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from glide.config import compose, find_conf_dir, project_root
+from glide.evaluation import (
+    EvaluateConfig,
+    Evaluator,
+    guidance_rows,
+    sampler_rows,
+    write_csv,
+    write_pareto_plot,
+)
+from glide.evaluation.report import GUIDANCE_COLUMNS, SAMPLER_COLUMNS
+from glide.sampling import load_model_source
+from glide.tracking import tracked_run
+
+METRICS_FILE = Path("metrics/evaluate.json")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports/evaluate")
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    """Select the ``evaluate`` group (default ``default``), appending it when config.yaml's
+    defaults list does not name it."""
+    doc = yaml.safe_load((find_conf_dir() / "config.yaml").read_text()) or {}
+    listed = any(isinstance(d, dict) and "evaluate" in d for d in doc.get("defaults", []))
+    chosen = [a for a in argv if a.lstrip("+").startswith("evaluate=")]
+    rest = [a for a in argv if a not in chosen]
+    group = chosen[-1].lstrip("+") if chosen else "evaluate=default"
+    return [group if listed else f"+{group}", *rest]
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for method in ("cfg", "clip", "samplers"):
+        for key, values in metrics.get(method, {}).items():
+            for name, value in values.items():
+                out[f"{method}.{key}.{name}".replace("+", "p")] = float(value)
+    out.update({f"summary.{k}": float(v) for k, v in metrics.get("summary", {}).items()})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    cfg = compose("config", _overrides(argv))
+    root = project_root()
+    config = EvaluateConfig.from_dict(cfg["evaluate"])
+    torch.manual_seed(config.seed)
+    with tracked_run(
+        root=root,
+        experiment=cfg["experiment"],
+        run_name="evaluate",
+        params={"seed": cfg["seed"], "evaluate": cfg["evaluate"]},
+        tags={"stage": "evaluate"},
+        uri=cfg["tracking_uri"],
+    ) as mlflow:
+        load = {"tokenizer_path": config.tokenizer_path, "device": config.device}
+        base = load_model_source(config.base, **load)
+        upsampler = load_model_source(config.upsampler, **load) if config.upsampler else None
+        clip = load_model_source(config.clip, **load) if config.clip else None
+        result = Evaluator(config, base=base, upsampler=upsampler, clip=clip).run()
+        metrics = result.metrics_json()
+
+        METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        guidance_csv = write_csv(
+            PLOTS_DIR / "guidance.csv", guidance_rows(metrics), GUIDANCE_COLUMNS
+        )
+        samplers_csv = write_csv(PLOTS_DIR / "samplers.csv", sampler_rows(metrics), SAMPLER_COLUMNS)
+        pareto = write_pareto_plot(PLOTS_DIR / "guidance_pareto.png", metrics)
+        REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+        for stale in REPORTS_DIR.glob("*.png"):
+            stale.unlink()
+        for point in result.points:
+            name = f"{point.method}_{point.key}".replace("+", "p")
+            path = REPORTS_DIR / f"{name}.png"
+            point.grid.save(path)
+            mlflow.log_artifact(str(path), artifact_path="grids")
+
+        mlflow.log_metrics(_flat_metrics(metrics))
+        for reason_key, reason in result.unavailable.items():
+            mlflow.set_tag(f"unavailable.{reason_key}", reason[:5000])
+        for path in (METRICS_FILE, guidance_csv, samplers_csv, pareto):
+            mlflow.log_artifact(str(path))
+
+    summary = metrics["summary"]
+    print(f"evaluate: wrote {METRICS_FILE}, {guidance_csv}, {samplers_csv}, {pareto}")
+    for key in sorted(summary):
+        print(f"  {key} = {summary[key]:.4g}")
+    for key, reason in result.unavailable.items():
+        print(f"  {key}: unavailable ({reason})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

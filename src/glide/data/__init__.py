@@ -1,0 +1,1 @@
+"""Data: sources, filters, deduplication, shards and the procedural ``shapes`` world."""
