@@ -148,3 +148,13 @@ def test_missing_file_counted() -> None:
 def test_bad_config_rejected() -> None:
     with pytest.raises(ValueError, match="image_format"):
         FilterConfig(image_format="gif")
+
+
+def test_files_already_in_target_format_keep_their_bytes() -> None:
+    jpeg = encode(pattern_image(10), "JPEG", quality=90)
+    flt = RecordFilter(FilterConfig(image_format="jpg"))
+    assert flt(rec(jpeg)).image_bytes == jpeg  # no second generation of JPEG loss
+    gray_jpeg = encode(pattern_image(11).convert("L"), "JPEG", quality=90)
+    assert Image.open(io.BytesIO(flt(rec(gray_jpeg)).image_bytes)).mode == "RGB"
+    png = encode(pattern_image(12))
+    assert Image.open(io.BytesIO(flt(rec(png)).image_bytes)).format == "JPEG"

@@ -22,6 +22,8 @@ from glide.data.dedup import phash, pixel_digest, thumbnail
 from glide.data.records import RawRecord
 
 _WS = re.compile(r"\s+")
+_FORMATS = {"jpg": "JPEG", "png": "PNG"}
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,10 @@ class RecordFilter:
             return out
         out.original_size, out.original_mode = img.size, img.mode
         out.checks.append("decode")
-        img = ImageOps.exif_transpose(img)
+        source_format = img.format
+        decoded = img
+        if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):
+            img = ImageOps.exif_transpose(img)
         img = to_rgb(img)
         out.checks.append("rgb")
         w, h = img.size
@@ -150,7 +155,12 @@ class RecordFilter:
             scale = cfg.max_side / max(w, h)
             img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
         out.width, out.height = img.size
-        out.image_bytes = encode_image(img, cfg.image_format, cfg.jpeg_quality)
+        if img is decoded and source_format == _FORMATS[cfg.image_format]:
+            # Already an RGB file of the target format, unrotated and unresized: keep its bytes,
+            # which saves an encode and, for JPEG, a second generation of compression loss.
+            out.image_bytes = rec.image_bytes
+        else:
+            out.image_bytes = encode_image(img, cfg.image_format, cfg.jpeg_quality)
         return out
 
 
