@@ -1,0 +1,190 @@
+"""Speed of GLIDE's U-Nets under different execution settings, as ratios to eager float32.
+
+For each model (the ``tiny`` and ``filtered`` presets' base and upsampler) it times a training
+step (forward + backward) and a sampling step (forward, no grad) under:
+
+- ``fp32``: eager float32 with the release's einsum attention (the baseline);
+- ``bf16``: ``torch.autocast`` to bfloat16;
+- ``sdpa``: ``F.scaled_dot_product_attention``;
+- ``channels_last``: NHWC memory format for weights and inputs;
+- ``compile``: ``torch.compile`` (with sdpa; opt in with ``--modes``: inductor's C++ build of a
+  U-Net takes well over 10 minutes on a 2-core CPU);
+
+and reports the achieved GFLOP/s, counting FLOPs with ``torch.utils.flop_counter``.
+
+    python benchmarks/model.py                      # all but compile (several minutes on 2 cores)
+    python benchmarks/model.py --presets tiny --modes fp32,compile
+    python benchmarks/model.py --presets tiny --modes fp32,sdpa --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from glide.models import from_openai_options, load_preset, set_attention_impl
+
+MODES = ("fp32", "bf16", "sdpa", "channels_last", "compile")
+DEFAULT_MODES = ("fp32", "bf16", "sdpa", "channels_last")  # compile: opt in, slow to build on CPU
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    options: dict
+    batch: int
+    size: int  # the resolution we run at (convolutional, so it may be below the trained size)
+
+
+def cases(presets: list[str], big_upsample_size: int) -> list[Case]:
+    out = []
+    for preset in presets:
+        p = load_preset(preset)
+        big = preset != "tiny"
+        base, up = p["base"], p["upsample"]
+        out.append(Case(f"{preset}/base", base, 2 if big else 8, base["image_size"]))
+        out.append(
+            Case(
+                f"{preset}/upsample",
+                up,
+                1 if big else 2,
+                big_upsample_size if big else up["image_size"],
+            )
+        )
+    return out
+
+
+def make_inputs(case: Case, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    ctx, b, s = case.options["text_ctx"], case.batch, case.size
+    mask = torch.ones(b, ctx, dtype=torch.bool)
+    mask[:, ctx // 2 :] = False
+    kw = {
+        "x": torch.randn(b, 3, s, s),
+        "timesteps": torch.randint(0, 1000, (b,)),
+        "tokens": torch.randint(0, case.options["n_vocab"], (b, ctx)),
+        "mask": mask,
+    }
+    if case.options.get("super_res"):
+        kw["low_res"] = torch.randn(b, 3, s // 4, s // 4)
+    return kw
+
+
+def prepare(
+    case: Case, mode: str
+) -> tuple[Callable[..., torch.Tensor], dict, Callable[[], AbstractContextManager]]:
+    torch.manual_seed(0)
+    model = from_openai_options(case.options)
+    inputs = make_inputs(case, model)
+    ctx: Callable[[], AbstractContextManager] = nullcontext
+    if mode == "bf16":
+        ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    if mode in ("sdpa", "compile"):
+        set_attention_impl(model, "sdpa")
+    if mode == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
+    fn: Callable[..., torch.Tensor] = model
+    if mode == "compile":
+        fn = torch.compile(model)
+    return fn, inputs, ctx
+
+
+def train_step(fn: Callable[..., torch.Tensor], inputs: dict) -> None:
+    fn(**inputs).float().square().mean().backward()
+
+
+def sample_step(fn: Callable[..., torch.Tensor], inputs: dict) -> None:
+    with torch.no_grad():
+        fn(**inputs)
+
+
+def best_time(step: Callable[[], None], reps: int) -> float:
+    step()  # warm-up (and compilation)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def count_flops(case: Case) -> tuple[int, int]:
+    fn, inputs, _ = prepare(case, "fp32")
+    with FlopCounterMode(display=False) as counter:
+        sample_step(fn, inputs)
+    fwd = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        train_step(fn, inputs)
+    return counter.get_total_flops(), fwd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--presets", default="tiny,filtered")
+    parser.add_argument(
+        "--modes", default=",".join(DEFAULT_MODES), help=f"any of {','.join(MODES)}"
+    )
+    parser.add_argument(
+        "--reps", type=int, default=3, help="timed repetitions for tiny (min taken)"
+    )
+    parser.add_argument(
+        "--big-reps", type=int, default=1, help="timed repetitions for large presets"
+    )
+    parser.add_argument(
+        "--big-upsample-size", type=int, default=128, help="resolution for large upsamplers"
+    )
+    parser.add_argument(
+        "--no-compile-big", action="store_true", help="skip torch.compile on large presets"
+    )
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    header = f"{'model':18s} {'mode':14s} {'train s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} {'sample s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s}"
+    for case in cases(args.presets.split(","), args.big_upsample_size):
+        big = not case.name.startswith("tiny")
+        reps = args.big_reps if big else args.reps
+        train_flops, fwd_flops = count_flops(case)
+        n_params = sum(p.numel() for p in from_openai_options(case.options).parameters())
+        print(
+            f"\n{case.name}: {n_params / 1e6:.1f}M params, batch {case.batch} at {case.size}px, "
+            f"{fwd_flops / 1e9:.1f} GFLOP forward, {train_flops / 1e9:.1f} GFLOP train step"
+        )
+        print(header)
+        base: tuple[float, float] | None = None
+        for mode in modes:
+            if mode == "compile" and big and args.no_compile_big:
+                continue
+            try:
+                fn, inputs, ctx = prepare(case, mode)
+
+                def run_train(fn=fn, inputs=inputs, ctx=ctx) -> None:
+                    with ctx():
+                        train_step(fn, inputs)
+
+                def run_sample(fn=fn, inputs=inputs, ctx=ctx) -> None:
+                    with ctx():
+                        sample_step(fn, inputs)
+
+                t_train, t_sample = best_time(run_train, reps), best_time(run_sample, reps)
+            except Exception as exc:  # e.g. no compiler toolchain for torch.compile
+                print(f"{case.name:18s} {mode:14s} failed: {type(exc).__name__}: {str(exc)[:80]}")
+                continue
+            if base is None:
+                base = (t_train, t_sample)
+            print(
+                f"{case.name:18s} {mode:14s} {t_train:9.3f} {base[0] / t_train:7.2f} "
+                f"{train_flops / t_train / 1e9:8.1f} {t_sample:9.3f} {base[1] / t_sample:7.2f} "
+                f"{fwd_flops / t_sample / 1e9:8.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
