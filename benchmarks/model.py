@@ -9,8 +9,11 @@ step (forward + backward) and a sampling step (forward, no grad) under:
 - ``channels_last``: NHWC memory format for weights and inputs;
 - ``compile``: ``torch.compile`` (with sdpa; opt in with ``--modes``: inductor's C++ build of a
   U-Net takes well over 10 minutes on a 2-core CPU);
+- combinations joined by ``+``, e.g. ``bf16+channels_last``;
 
-and reports the achieved GFLOP/s, counting FLOPs with ``torch.utils.flop_counter``.
+and reports the achieved GFLOP/s, counting FLOPs with ``torch.utils.flop_counter``, plus, for every
+mode, the RMS error of its sampling-step output against float32 relative to the output's standard
+deviation (bf16 is accepted within ``BF16_TOLERANCE``; float32 modes should be ~1e-6).
 
     python benchmarks/model.py                      # all but compile (several minutes on 2 cores)
     python benchmarks/model.py --presets tiny --modes fp32,compile
@@ -29,9 +32,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from glide.models import from_openai_options, load_preset, set_attention_impl
+from glide.models.nn import BF16_TOLERANCE, perturb_
 
 MODES = ("fp32", "bf16", "sdpa", "channels_last", "compile")
-DEFAULT_MODES = ("fp32", "bf16", "sdpa", "channels_last")  # compile: opt in, slow to build on CPU
+# compile: opt in, slow to build on CPU
+DEFAULT_MODES = ("fp32", "bf16", "sdpa", "channels_last", "bf16+channels_last")
 
 
 @dataclass(frozen=True)
@@ -78,21 +83,34 @@ def make_inputs(case: Case, model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def prepare(
     case: Case, mode: str
 ) -> tuple[Callable[..., torch.Tensor], dict, Callable[[], AbstractContextManager]]:
+    parts = set(mode.split("+"))
+    if not parts <= set(MODES):
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)} (join with +)")
     torch.manual_seed(0)
-    model = from_openai_options(case.options)
+    model = perturb_(from_openai_options(case.options))  # zero-init output layers: give signal
+    torch.manual_seed(1)
     inputs = make_inputs(case, model)
     ctx: Callable[[], AbstractContextManager] = nullcontext
-    if mode == "bf16":
+    if "bf16" in parts:
         ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    if mode in ("sdpa", "compile"):
+    if parts & {"sdpa", "compile"}:
         set_attention_impl(model, "sdpa")
-    if mode == "channels_last":
+    if "channels_last" in parts:
         model = model.to(memory_format=torch.channels_last)
         inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
     fn: Callable[..., torch.Tensor] = model
-    if mode == "compile":
+    if "compile" in parts:
         fn = torch.compile(model)
     return fn, inputs, ctx
+
+
+def output_error(
+    fn: Callable[..., torch.Tensor], inputs: dict, ctx, reference: torch.Tensor
+) -> float:
+    """RMS difference to the float32 output, relative to its standard deviation."""
+    with torch.no_grad(), ctx():
+        out = fn(**inputs).float()
+    return float((out - reference).pow(2).mean().sqrt() / reference.std())
 
 
 def train_step(fn: Callable[..., torch.Tensor], inputs: dict) -> None:
@@ -147,7 +165,11 @@ def main() -> None:
     args = parser.parse_args()
     modes = args.modes.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = f"{'model':18s} {'mode':14s} {'train s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} {'sample s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s}"
+    header = (
+        f"{'model':18s} {'mode':20s} {'train s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} "
+        f"{'sample s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} {'rel err':>8s}"
+    )
+    summary: list[str] = []
     for case in cases(args.presets.split(","), args.big_upsample_size):
         big = not case.name.startswith("tiny")
         reps = args.big_reps if big else args.reps
@@ -159,6 +181,8 @@ def main() -> None:
         )
         print(header)
         base: tuple[float, float] | None = None
+        reference: torch.Tensor | None = None
+        speedups: dict[str, float] = {}
         for mode in modes:
             if mode == "compile" and big and args.no_compile_big:
                 continue
@@ -174,16 +198,28 @@ def main() -> None:
                         sample_step(fn, inputs)
 
                 t_train, t_sample = best_time(run_train, reps), best_time(run_sample, reps)
+                if reference is None:
+                    with torch.no_grad():
+                        reference = fn(**inputs).float()
+                err = output_error(fn, inputs, ctx, reference)
             except Exception as exc:  # e.g. no compiler toolchain for torch.compile
-                print(f"{case.name:18s} {mode:14s} failed: {type(exc).__name__}: {str(exc)[:80]}")
+                print(f"{case.name:18s} {mode:20s} failed: {type(exc).__name__}: {str(exc)[:80]}")
                 continue
             if base is None:
                 base = (t_train, t_sample)
+            speedups[mode] = base[0] / t_train
             print(
-                f"{case.name:18s} {mode:14s} {t_train:9.3f} {base[0] / t_train:7.2f} "
+                f"{case.name:18s} {mode:20s} {t_train:9.3f} {base[0] / t_train:7.2f} "
                 f"{train_flops / t_train / 1e9:8.1f} {t_sample:9.3f} {base[1] / t_sample:7.2f} "
-                f"{fwd_flops / t_sample / 1e9:8.1f}"
+                f"{fwd_flops / t_sample / 1e9:8.1f} {err:8.1e}"
             )
+        if speedups:
+            best = max(speedups, key=speedups.__getitem__)
+            summary.append(
+                f"{case.name}: fastest training step {best} at {speedups[best]:.2f}x fp32"
+            )
+    print("\n" + "\n".join(summary))
+    print(f"bf16 output tolerance: RMS error <= {BF16_TOLERANCE} of the float32 output's std")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,21 @@ def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
         if hasattr(m, "attention_impl"):
             m.attention_impl = impl
     return model
+
+
+# RMS(out_bf16 - out_fp32) / std(out_fp32) accepted for bfloat16 autocast on CPU (bf16 keeps 8
+# mantissa bits, ~0.4% per operation; the tiny U-Net measures ~1.6%). Measured by
+# benchmarks/model.py and checked by tests/test_precision.py.
+BF16_TOLERANCE = 0.03
+
+
+@torch.no_grad()
+def perturb_(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """Add Gaussian noise to every parameter, so zero-initialised layers produce signal.
+
+    Freshly built U-Nets output exactly zero (their last convolution starts at zero), which makes
+    numerical comparisons (precision modes, attention kernels) vacuous.
+    """
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * std)
+    return model
