@@ -6,8 +6,9 @@ Pipeline entry points call :func:`compose`; the library itself only sees typed d
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +35,18 @@ def project_root() -> Path:
 
 
 def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; return a plain resolved dict."""
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; return a plain resolved dict.
+
+    Inside ``dvc exp run -S key=value`` the ``-S`` overrides (which DVC's Hydra composition
+    writes into ``params.yaml``) are applied too, before ``overrides``.
+    """
+    extra: list[str] = []
+    if os.environ.get("DVC_EXP_NAME"):  # only then is params.yaml DVC's fresh composition
+        extra = experiment_overrides(project_root(), _compose(config_name, ()))
+    return _compose(config_name, [*extra, *overrides])
+
+
+def _compose(config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
@@ -58,3 +70,42 @@ def to_dataclass(cls: type[T], section: dict[str, Any] | None) -> T:
         if f.name in section and isinstance(section[f.name], list):
             section[f.name] = tuple(section[f.name])
     return cls(**section)
+
+
+def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping) and obj:
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def hydra_overrides(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """Hydra overrides turning the composed ``defaults`` into ``params`` (changed leaves as
+    ``key=value``, new ones as ``+key=value``, removed ones as ``~key``)."""
+    new, old = _leaves(params), _leaves(defaults)
+    out = []
+    for key in sorted(new):
+        if key not in old:
+            out.append(f"+{key}={json.dumps(new[key])}")
+        elif new[key] != old[key]:
+            out.append(f"{key}={json.dumps(new[key])}")
+    out += [f"~{key}" for key in sorted(set(old) - set(new)) if not key.startswith("hydra")]
+    return out
+
+
+def experiment_overrides(
+    root: str | Path, defaults: Mapping[str, Any], *, params_file: str = "params.yaml"
+) -> list[str]:
+    """Inside ``dvc exp run`` (``$DVC_EXP_NAME`` set) with Hydra composition enabled, DVC writes
+    the composed config with the ``-S`` overrides to ``params.yaml``; return those overrides
+    relative to ``defaults`` (the stage's composition without them). Outside an experiment, or
+    without the file: ``[]`` (``conf/`` alone is the truth for ``dvc repro``)."""
+    import yaml
+
+    path = Path(root) / params_file
+    if not os.environ.get("DVC_EXP_NAME") or not path.is_file():
+        return []
+    params = yaml.safe_load(path.read_text()) or {}
+    return hydra_overrides(params, defaults)

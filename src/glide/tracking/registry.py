@@ -1,0 +1,563 @@
+"""MLflow Model Registry: register trained models with lineage, gate them, move aliases.
+
+Every model the pipeline trains (``models/<name>/model.pt``) becomes a version of a registered
+model (``glide-base``, ``glide-upsampler``, ``glide-inpaint``, ``glide-clip``) tagged with
+
+- ``glide.sha256`` (the export's digest: registering the same file again is a no-op),
+- ``lineage.*``: git commit, the ``dvc.lock`` hashes of the training stage's data and config,
+  the MLflow run that trained it,
+- ``metric.*``: the evaluation metrics (``metrics/evaluate.json``, flattened),
+- ``promotion.*``: the gate's decision and its reasons.
+
+Aliases: ``champion`` (in production), ``previous`` (the champion it replaced; rollback target)
+and ``challenger`` (the latest version that failed the gate). :func:`evaluate_gate` is a pure
+function; :class:`ModelRegistry` applies its decisions to a tracking store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glide.config import to_dataclass
+
+__all__ = [
+    "GateDecision",
+    "MetricRule",
+    "ModelRegistry",
+    "PromotionConfig",
+    "PromotionResult",
+    "RegistrationResult",
+    "RegistryError",
+    "evaluate_gate",
+    "file_sha256",
+    "flatten_metrics",
+    "lineage_tags",
+]
+
+EXPORT_FILE = "model.pt"
+EXPORT_ARTIFACT_DIR = "export"
+RUN_ID_FILE = "mlflow_run_id"
+MAX_TAG_CHARS = 5000  # MLflow's limit on a model-version tag value
+
+TAG_SHA = "glide.sha256"
+TAG_DECISION = "promotion.decision"
+TAG_REASONS = "promotion.reasons"
+TAG_COMPARED = "promotion.compared_to"
+TAG_REPLACED = "promotion.replaced"
+TAG_DECIDED_AT = "promotion.decided_at"
+METRIC_PREFIX = "metric."
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (unknown model or version, nothing to roll back)."""
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """One gated metric (a flattened key of ``metrics/evaluate.json``, e.g. ``cfg.3.fd_clip``).
+
+    ``min``/``max`` are absolute bounds; against the champion the candidate may be worse by at
+    most ``tolerance + rel_tolerance * |champion|`` (``tolerance`` None: the config's; a negative
+    allowance demands an improvement).
+    """
+
+    metric: str
+    higher_is_better: bool = True
+    min: float | None = None
+    max: float | None = None
+    tolerance: float | None = None
+    rel_tolerance: float = 0.0
+    required: bool = True  # a missing metric fails the gate (else the rule is skipped)
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    """``conf/promotion/*.yaml``: which models to register and the gate they must pass."""
+
+    metrics_file: str = "metrics/evaluate.json"
+    models: Mapping[str, str] = field(default_factory=dict)  # registered name -> export folder
+    rules: tuple[MetricRule, ...] = ()
+    tolerance: float = 0.0  # default allowed regression against the champion (absolute)
+    tag_metrics: tuple[str, ...] = ("summary.", "cfg.", "clip.")  # prefixes tagged on versions
+    auto_promote: bool = True  # the register stage applies the gate (else: challenger only)
+    champion_alias: str = "champion"
+    previous_alias: str = "previous"
+    challenger_alias: str = "challenger"
+    report_file: str = "reports/register.json"
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> PromotionConfig:
+        """Build from the composed ``promotion`` section (unknown keys are named)."""
+        flat = dict(section)
+        flat["rules"] = tuple(to_dataclass(MetricRule, r) for r in flat.get("rules") or ())
+        flat["models"] = dict(flat.get("models") or {})
+        return to_dataclass(cls, flat)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's verdict on a candidate and one human-readable reason per rule."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"cfg": {"3": {"fd_clip": 1.0}}}`` -> ``{"cfg.3.fd_clip": 1.0}`` (numbers only)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def evaluate_gate(
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    config: PromotionConfig,
+    *,
+    champion_label: str = "champion",
+) -> GateDecision:
+    """Check ``candidate`` against the absolute bounds and the champion's metrics (if any)."""
+    passed, reasons = True, []
+    for rule in config.rules:
+        value = candidate.get(rule.metric)
+        if value is None:
+            if rule.required:
+                passed = False
+                reasons.append(f"FAIL {rule.metric}: missing from the evaluation metrics")
+            continue
+        if rule.min is not None and value < rule.min:
+            passed = False
+            reasons.append(f"FAIL {rule.metric}={value:.6g} < min {rule.min:g}")
+        if rule.max is not None and value > rule.max:
+            passed = False
+            reasons.append(f"FAIL {rule.metric}={value:.6g} > max {rule.max:g}")
+        best = champion.get(rule.metric) if champion is not None else None
+        if best is None:
+            reasons.append(f"ok {rule.metric}={value:.6g} (no {champion_label} value to compare)")
+            continue
+        tol = config.tolerance if rule.tolerance is None else rule.tolerance
+        allowed = tol + rule.rel_tolerance * abs(best)
+        regression = (best - value) if rule.higher_is_better else (value - best)
+        verdict = "ok" if regression <= allowed + 1e-12 else "FAIL"
+        passed = passed and verdict == "ok"
+        direction = "higher" if rule.higher_is_better else "lower"
+        reasons.append(
+            f"{verdict} {rule.metric}={value:.6g} vs {champion_label} {best:.6g} "
+            f"({direction} is better, tolerance {allowed:.4g})"
+        )
+    if not config.rules:
+        reasons.append("ok no gate rules configured")
+    return GateDecision(passed=passed, reasons=tuple(reasons))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _lock_entry(lock: Mapping[str, Any], model_dir: str) -> tuple[str, Mapping[str, Any]] | None:
+    """The ``dvc.lock`` stage whose outputs hold ``model_dir`` (or lie inside it)."""
+    target = Path(model_dir).as_posix().rstrip("/")
+    for stage, entry in (lock.get("stages") or {}).items():
+        for out in entry.get("outs") or ():
+            path = str(out.get("path", "")).rstrip("/")
+            if path == target or path.startswith(f"{target}/") or target.startswith(f"{path}/"):
+                return str(stage), entry
+    return None
+
+
+def _hash_list(items: list[Mapping[str, Any]]) -> str:
+    return " ".join(
+        f"{d.get('path')}={d.get('md5') or d.get('hash') or d.get('etag') or '?'}"
+        for d in sorted(items, key=lambda d: str(d.get("path")))
+    )
+
+
+def lineage_tags(root: str | Path, model_dir: str | Path) -> dict[str, str]:
+    """Git commit and the ``dvc.lock`` hashes (data, config, code, params, output) of the stage
+    that wrote ``model_dir``, and the MLflow run recorded beside the model."""
+    import yaml
+
+    root = Path(root)
+    tags: dict[str, str] = {}
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit:
+        tags["lineage.git_commit"] = commit
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+        tags["lineage.git_dirty"] = str(bool(dirty)).lower()
+    run_file = root / model_dir / RUN_ID_FILE
+    if run_file.is_file():
+        tags["lineage.train_run_id"] = run_file.read_text().strip()
+    lock_path = root / "dvc.lock"
+    if not lock_path.is_file():
+        return tags
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    found = _lock_entry(lock, Path(model_dir).as_posix())
+    if found is None:
+        return tags
+    stage, entry = found
+    deps = list(entry.get("deps") or ())
+    groups = {
+        "lineage.data": [
+            d for d in deps if str(d.get("path", "")).startswith(("data/", "models/"))
+        ],
+        "lineage.config": [d for d in deps if str(d.get("path", "")).startswith("conf")],
+    }
+    groups["lineage.code"] = [
+        d
+        for d in deps
+        if not any(d in g for g in (groups["lineage.data"], groups["lineage.config"]))
+    ]
+    tags["lineage.dvc_stage"] = stage
+    for key, items in groups.items():
+        if items:
+            tags[key] = _hash_list(items)
+    if entry.get("params"):
+        params = json.dumps(entry["params"], sort_keys=True, default=str)
+        tags["lineage.params_sha256"] = hashlib.sha256(params.encode()).hexdigest()
+    tags["lineage.outs"] = _hash_list(list(entry.get("outs") or ()))
+    evaluate = next(
+        (
+            e
+            for e in (lock.get("stages") or {}).values()
+            for o in e.get("outs") or ()
+            if str(o.get("path")) == "metrics/evaluate.json"
+        ),
+        None,
+    )
+    if evaluate is not None:
+        tags["lineage.evaluate"] = _hash_list(
+            [o for o in evaluate.get("outs") or () if o.get("path") == "metrics/evaluate.json"]
+        )
+    return {k: v[:MAX_TAG_CHARS] for k, v in tags.items()}
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What a promotion (or its dry run) decided and did."""
+
+    name: str
+    version: str
+    decision: str  # "champion" | "challenger" | "unchanged" | "rolled_back"
+    gate: GateDecision
+    previous_champion: str | None
+    applied: bool  # False for a dry run or a refused manual promotion
+
+    def describe(self) -> str:
+        """Multi-line summary for the command line."""
+        what = "would become" if not self.applied and self.decision != "unchanged" else "is now"
+        head = f"{self.name} v{self.version} {what} {self.decision}"
+        if self.previous_champion and self.decision == "champion":
+            head += f" (previous champion: v{self.previous_champion})"
+        return "\n".join([head, *(f"  {r}" for r in self.gate.reasons)])
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """The version a model export maps to and what the gate made of it."""
+
+    name: str
+    version: str
+    created: bool  # False: this export was already registered (idempotent re-run)
+    decision: str
+    reasons: tuple[str, ...]
+    champion: str | None  # the champion's version after registration
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": int(self.version),
+            "created": self.created,
+            "decision": self.decision,
+            "reasons": list(self.reasons),
+            "champion": None if self.champion is None else int(self.champion),
+        }
+
+
+class ModelRegistry:
+    """Register, gate, promote and roll back versions in an MLflow Model Registry."""
+
+    def __init__(self, client: Any, config: PromotionConfig) -> None:
+        self.client = client
+        self.config = config
+
+    # -- look-ups ---------------------------------------------------------------------------
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` points to, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def version(self, name: str, version: str | int) -> Any:
+        """A model version entity; :class:`RegistryError` when absent."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException:
+            raise RegistryError(f"registered model {name!r} has no version {version}") from None
+
+    def version_metrics(self, name: str, version: str | int) -> dict[str, float]:
+        """The ``metric.*`` tags of a version as floats."""
+        tags = self.version(name, version).tags or {}
+        out = {}
+        for key, value in tags.items():
+            if key.startswith(METRIC_PREFIX):
+                try:
+                    out[key[len(METRIC_PREFIX) :]] = float(value)
+                except ValueError:
+                    continue
+        return out
+
+    def find_by_sha(self, name: str, sha: str) -> Any | None:
+        """The version registered from the export with digest ``sha``, if any."""
+        versions = self.client.search_model_versions(f"name='{name}'")
+        hits = [v for v in versions if (v.tags or {}).get(TAG_SHA) == sha]
+        return min(hits, key=lambda v: int(v.version)) if hits else None
+
+    # -- registration -----------------------------------------------------------------------
+
+    def _ensure_registered_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(
+                name, description="GLIDE model trained by the glide pipeline"
+            )
+
+    def _source(
+        self, *, name: str, model_file: Path, run_id: str | None, experiment: str
+    ) -> tuple[str, str, str | None]:
+        """(source URI, run id, logged-model id) for a new version of ``name``.
+
+        Prefers the MLflow model the training run logged; else the run's ``export/`` folder
+        (uploading ``model.pt`` there when missing); without a run, a new ``import_<name>`` run.
+        """
+        from mlflow.exceptions import MlflowException
+
+        run = None
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException:
+                run = None
+        if run is None:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            run = self.client.create_run(
+                exp_id, run_name=f"import_{name}", tags={"stage": "import"}
+            )
+            self.client.log_artifact(run.info.run_id, str(model_file), EXPORT_ARTIFACT_DIR)
+            self.client.set_terminated(run.info.run_id)
+        run_id = run.info.run_id
+        try:
+            logged = self.client.search_logged_models(
+                experiment_ids=[run.info.experiment_id],
+                filter_string=f"source_run_id='{run_id}'",
+            )
+        except (MlflowException, AttributeError):
+            logged = []
+        names = [a.path for a in self.client.list_artifacts(run_id, EXPORT_ARTIFACT_DIR)]
+        if f"{EXPORT_ARTIFACT_DIR}/{EXPORT_FILE}" not in names:
+            self.client.log_artifact(run_id, str(model_file), EXPORT_ARTIFACT_DIR)
+        if logged:
+            model = logged[0]
+            return f"models:/{model.model_id}", run_id, model.model_id
+        return f"runs:/{run_id}/{EXPORT_ARTIFACT_DIR}", run_id, None
+
+    def register(
+        self,
+        *,
+        name: str,
+        model_dir: str | Path,
+        metrics: Mapping[str, float],
+        lineage: Mapping[str, str],
+        experiment: str = "glide",
+    ) -> RegistrationResult:
+        """Register ``model_dir/model.pt`` as a new version of ``name`` (once per file digest)
+        and, with ``auto_promote``, pass it through the gate."""
+        model_file = Path(model_dir) / EXPORT_FILE
+        if not model_file.is_file():
+            raise RegistryError(f"{model_file} not found: train it first (dvc repro)")
+        sha = file_sha256(model_file)
+        self._ensure_registered_model(name)
+        existing = self.find_by_sha(name, sha)
+        created = existing is None
+        if existing is None:
+            run_file = Path(model_dir) / RUN_ID_FILE
+            run_id = run_file.read_text().strip() if run_file.is_file() else None
+            source, run_id, model_id = self._source(
+                name=name, model_file=model_file, run_id=run_id, experiment=experiment
+            )
+            tags = {TAG_SHA: sha, **lineage, "lineage.train_run_id": run_id}
+            prefixes = self.config.tag_metrics
+            gated = {r.metric for r in self.config.rules}
+            tags.update(
+                {
+                    f"{METRIC_PREFIX}{k}": repr(v)
+                    for k, v in metrics.items()
+                    if k in gated or k.startswith(prefixes)
+                }
+            )
+            existing = self.client.create_model_version(
+                name,
+                source,
+                run_id=run_id,
+                tags={k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items()},
+                description=f"{model_file} sha256:{sha[:12]}",
+                model_id=model_id,
+            )
+        version = str(existing.version)
+        decision = (self.version(name, version).tags or {}).get(TAG_DECISION)
+        if decision is None:  # new, or registration was interrupted before the gate
+            if self.config.auto_promote:
+                result = self.promote(name, version, record_failure=True)
+            else:
+                result = self._mark_challenger(name, version, ("auto_promote is off",))
+            decision, reasons = result.decision, result.gate.reasons
+        else:
+            reasons = tuple(
+                (self.version(name, version).tags or {}).get(TAG_REASONS, "").split("\n")
+            )
+        return RegistrationResult(
+            name=name,
+            version=version,
+            created=created,
+            decision=decision,
+            reasons=reasons,
+            champion=self.alias_version(name, self.config.champion_alias),
+        )
+
+    # -- promotion --------------------------------------------------------------------------
+
+    def _tag(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value)[:MAX_TAG_CHARS])
+
+    def _mark_challenger(
+        self, name: str, version: str, reasons: tuple[str, ...]
+    ) -> PromotionResult:
+        champion = self.alias_version(name, self.config.champion_alias)
+        self.client.set_registered_model_alias(name, self.config.challenger_alias, version)
+        self._tag(
+            name,
+            version,
+            {
+                TAG_DECISION: "challenger",
+                TAG_REASONS: "\n".join(reasons),
+                TAG_COMPARED: champion or "none",
+                TAG_DECIDED_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+        return PromotionResult(
+            name, version, "challenger", GateDecision(False, reasons), champion, True
+        )
+
+    def promote(
+        self,
+        name: str,
+        version: str | int,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        record_failure: bool = False,
+    ) -> PromotionResult:
+        """Gate ``version`` against the champion; if it passes (or ``force``), make it champion
+        and the old champion ``previous``. A failing version is left alone, or with
+        ``record_failure`` (the register stage) becomes ``challenger``."""
+        version = str(self.version(name, version).version)
+        cfg = self.config
+        champion = self.alias_version(name, cfg.champion_alias)
+        if champion == version:
+            gate = GateDecision(True, (f"ok v{version} already holds @{cfg.champion_alias}",))
+            return PromotionResult(name, version, "unchanged", gate, None, False)
+        champ_metrics = self.version_metrics(name, champion) if champion else None
+        gate = evaluate_gate(
+            self.version_metrics(name, version),
+            champ_metrics,
+            cfg,
+            champion_label=f"champion v{champion}" if champion else "champion",
+        )
+        if not gate.passed and force:
+            gate = GateDecision(True, (*gate.reasons, "ok forced by hand (--force)"))
+        if dry_run:
+            decision = "champion" if gate.passed else "challenger"
+            return PromotionResult(name, version, decision, gate, champion, False)
+        if not gate.passed:
+            if record_failure:
+                return self._mark_challenger(name, version, gate.reasons)
+            return PromotionResult(name, version, "challenger", gate, champion, False)
+        if champion is not None:
+            self.client.set_registered_model_alias(name, cfg.previous_alias, champion)
+        self.client.set_registered_model_alias(name, cfg.champion_alias, version)
+        if self.alias_version(name, cfg.challenger_alias) == version:
+            self.client.delete_registered_model_alias(name, cfg.challenger_alias)
+        self._tag(
+            name,
+            version,
+            {
+                TAG_DECISION: "champion",
+                TAG_REASONS: "\n".join(gate.reasons),
+                TAG_COMPARED: champion or "none",
+                TAG_REPLACED: champion or "",
+                TAG_DECIDED_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+        return PromotionResult(name, version, "champion", gate, champion, True)
+
+    def rollback(self, name: str, *, dry_run: bool = False) -> PromotionResult:
+        """Give ``champion`` back to the ``previous`` version; ``previous`` then moves to the
+        champion that one had replaced (or is removed)."""
+        cfg = self.config
+        champion = self.alias_version(name, cfg.champion_alias)
+        previous = self.alias_version(name, cfg.previous_alias)
+        if champion is None or previous is None:
+            raise RegistryError(
+                f"{name} has no @{cfg.previous_alias} version to roll back to "
+                f"(@{cfg.champion_alias} = {champion or 'none'})"
+            )
+        reason = f"ok rolled back from v{champion} to v{previous}"
+        gate = GateDecision(True, (reason,))
+        if dry_run:
+            return PromotionResult(name, previous, "champion", gate, champion, False)
+        self.client.set_registered_model_alias(name, cfg.champion_alias, previous)
+        earlier = (self.version(name, previous).tags or {}).get(TAG_REPLACED) or None
+        if earlier and earlier not in (previous, champion):
+            self.client.set_registered_model_alias(name, cfg.previous_alias, earlier)
+        else:
+            self.client.delete_registered_model_alias(name, cfg.previous_alias)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._tag(name, champion, {TAG_DECISION: "rolled_back", TAG_REASONS: reason})
+        self._tag(name, champion, {TAG_DECIDED_AT: stamp})
+        return PromotionResult(name, previous, "champion", gate, champion, True)

@@ -1,0 +1,362 @@
+"""Model registry: the promotion gate (pure), registration with lineage, aliases, rollback, CLI.
+
+Registry tests run against a real SQLite-backed MLflow store in a temporary folder (a migrated
+template database is copied per test: creating one costs ~10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glide.tracking.registry import (
+    GateDecision,
+    MetricRule,
+    ModelRegistry,
+    PromotionConfig,
+    RegistryError,
+    evaluate_gate,
+    file_sha256,
+    flatten_metrics,
+    lineage_tags,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACC = "summary.cfg_best_caption_accuracy"
+FD = "cfg.3.fd_clip"
+GATE = PromotionConfig(
+    models={"glide-base": "models/base"},
+    rules=(
+        MetricRule(metric=ACC, min=0.1, tolerance=0.05),
+        MetricRule(metric=FD, higher_is_better=False, rel_tolerance=0.1, required=False),
+    ),
+)
+
+
+# -- the gate (pure) ------------------------------------------------------------------------
+
+
+def test_gate_without_champion_checks_absolute_bounds() -> None:
+    ok = evaluate_gate({ACC: 0.5}, None, GATE)
+    assert ok.passed
+    low = evaluate_gate({ACC: 0.05}, None, GATE)
+    assert not low.passed
+    assert any("< min 0.1" in r for r in low.reasons)
+
+
+def test_gate_tolerance_against_champion() -> None:
+    champion = {ACC: 0.60, FD: 10.0}
+    within = evaluate_gate({ACC: 0.56, FD: 10.9}, champion, GATE)  # -0.04, +9%
+    assert within.passed, within.reasons
+    worse_acc = evaluate_gate({ACC: 0.54, FD: 10.0}, champion, GATE)  # -0.06 > 0.05
+    assert not worse_acc.passed
+    assert any(r.startswith("FAIL " + ACC) for r in worse_acc.reasons)
+    worse_fd = evaluate_gate({ACC: 0.70, FD: 11.5}, champion, GATE)  # lower is better: +15%
+    assert not worse_fd.passed
+    assert any(r.startswith("FAIL " + FD) for r in worse_fd.reasons)
+    better = evaluate_gate({ACC: 0.9, FD: 1.0}, champion, GATE)
+    assert better.passed
+    must_improve = PromotionConfig(rules=(MetricRule(metric=ACC, tolerance=-0.1),))
+    assert not evaluate_gate({ACC: 0.65}, {ACC: 0.6}, must_improve).passed
+    assert evaluate_gate({ACC: 0.75}, {ACC: 0.6}, must_improve).passed
+
+
+def test_gate_missing_metrics() -> None:
+    required_missing = evaluate_gate({FD: 1.0}, None, GATE)
+    assert not required_missing.passed
+    assert any("missing" in r for r in required_missing.reasons)
+    optional_missing = evaluate_gate({ACC: 0.5}, {ACC: 0.5}, GATE)  # fd_clip is optional
+    assert optional_missing.passed
+    no_rules = evaluate_gate({}, None, PromotionConfig())
+    assert no_rules == GateDecision(True, ("ok no gate rules configured",))
+
+
+def test_flatten_metrics_keeps_numbers_only() -> None:
+    flat = flatten_metrics(
+        {"cfg": {"3": {"fd_clip": 2, "caption_accuracy": 0.5}}, "info": {"base": "x", "ok": True}}
+    )
+    assert flat == {"cfg.3.fd_clip": 2.0, "cfg.3.caption_accuracy": 0.5}
+
+
+def test_promotion_config_from_composed_conf() -> None:
+    from glide.config import compose
+
+    cfg = PromotionConfig.from_dict(compose("config")["promotion"])
+    assert set(cfg.models) == {"glide-base", "glide-upsampler", "glide-inpaint", "glide-clip"}
+    assert all(isinstance(r, MetricRule) for r in cfg.rules) and cfg.rules
+    with pytest.raises(ValueError, match="unknown PromotionConfig"):
+        PromotionConfig.from_dict({"tolerence": 0.1})
+
+
+# -- a real store ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with its schema migrated (copied by :func:`store`)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+class Store:
+    """A fresh tracking + registry store in ``root`` with experiment ``glide``."""
+
+    def __init__(self, root: Path, template: Path) -> None:
+        import mlflow
+
+        shutil.copyfile(template, root / "mlflow.db")
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.experiment_id = self.client.create_experiment(
+            "glide", artifact_location=(root / "mlartifacts").as_uri()
+        )
+
+    def trained_model(self, name: str, payload: bytes, *, log_export: bool = True) -> Path:
+        """``models/<name>/`` as training leaves it: model.pt, mlflow_run_id, a logged run."""
+        folder = self.root / "models" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.pt").write_bytes(payload)
+        run = self.client.create_run(self.experiment_id, run_name=f"train_{name}")
+        self.client.log_param(run.info.run_id, "train.max_steps", str(len(payload)))
+        if log_export:
+            self.client.log_artifact(run.info.run_id, str(folder / "model.pt"), "export")
+        self.client.set_terminated(run.info.run_id)
+        (folder / "mlflow_run_id").write_text(run.info.run_id + "\n")
+        return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path, template_db: Path) -> Store:
+    return Store(tmp_path, template_db)
+
+
+def _register(registry: ModelRegistry, folder: Path, acc: float, fd: float = 5.0) -> Any:
+    return registry.register(
+        name="glide-base",
+        model_dir=folder,
+        metrics={ACC: acc, FD: fd, "samplers.x.seconds_per_image": 1.0},
+        lineage={"lineage.git_commit": "abc"},
+    )
+
+
+def test_register_gate_aliases_rollback_and_idempotency(store: Store) -> None:
+    registry = ModelRegistry(store.client, GATE)
+    folder = store.trained_model("base", b"weights-1")
+    first = _register(registry, folder, acc=0.5)
+    assert (first.version, first.created, first.decision, first.champion) == (
+        "1",
+        True,
+        "champion",
+        "1",
+    )
+    mv = store.client.get_model_version("glide-base", "1")
+    assert mv.tags["glide.sha256"] == file_sha256(folder / "model.pt")
+    assert mv.tags["lineage.train_run_id"] == (folder / "mlflow_run_id").read_text().strip()
+    assert mv.run_id == mv.tags["lineage.train_run_id"]
+    assert mv.tags[f"metric.{ACC}"] == "0.5"
+    assert "metric.samplers.x.seconds_per_image" not in mv.tags  # not a tagged prefix
+    assert mv.tags["promotion.decision"] == "champion"
+
+    again = _register(registry, folder, acc=0.0)  # same export: nothing new, nothing moves
+    assert (again.version, again.created, again.decision) == ("1", False, "champion")
+    assert len(store.client.search_model_versions("name='glide-base'")) == 1
+
+    store.trained_model("base", b"weights-2-better")
+    second = _register(registry, folder, acc=0.6)
+    assert (second.version, second.decision, second.champion) == ("2", "champion", "2")
+    assert registry.alias_version("glide-base", "previous") == "1"
+
+    store.trained_model("base", b"weights-3-worse")
+    third = _register(registry, folder, acc=0.3)  # 0.3 < 0.6 - 0.05: not promoted
+    assert (third.version, third.decision, third.champion) == ("3", "challenger", "2")
+    assert registry.alias_version("glide-base", "challenger") == "3"
+    tags = store.client.get_model_version("glide-base", "3").tags
+    assert tags["promotion.compared_to"] == "2"
+    assert (
+        "FAIL summary.cfg_best_caption_accuracy=0.3 vs champion v2 0.6" in tags["promotion.reasons"]
+    )
+
+    rolled = registry.rollback("glide-base")
+    assert (rolled.version, rolled.previous_champion) == ("1", "2")
+    assert registry.alias_version("glide-base", "champion") == "1"
+    assert registry.alias_version("glide-base", "previous") is None  # v1 replaced nothing
+    assert store.client.get_model_version("glide-base", "2").tags["promotion.decision"] == (
+        "rolled_back"
+    )
+    with pytest.raises(RegistryError, match="no @previous"):
+        registry.rollback("glide-base")
+
+
+def test_manual_promotion_dry_run_gate_and_force(store: Store) -> None:
+    registry = ModelRegistry(store.client, GATE)
+    folder = store.trained_model("base", b"v1")
+    _register(registry, folder, acc=0.8)
+    store.trained_model("base", b"v2")
+    _register(registry, folder, acc=0.2)  # challenger
+    assert registry.alias_version("glide-base", "champion") == "1"
+
+    dry = registry.promote("glide-base", 2, dry_run=True)
+    assert (dry.decision, dry.applied) == ("challenger", False)
+    refused = registry.promote("glide-base", 2)
+    assert not refused.applied
+    assert registry.alias_version("glide-base", "champion") == "1"
+    forced_dry = registry.promote("glide-base", 2, force=True, dry_run=True)
+    assert forced_dry.decision == "champion" and not forced_dry.applied
+    assert registry.alias_version("glide-base", "champion") == "1"
+
+    forced = registry.promote("glide-base", 2, force=True)
+    assert forced.applied and forced.previous_champion == "1"
+    assert registry.alias_version("glide-base", "champion") == "2"
+    assert registry.alias_version("glide-base", "previous") == "1"
+    assert registry.alias_version("glide-base", "challenger") is None
+    assert registry.promote("glide-base", 2).decision == "unchanged"  # idempotent
+    with pytest.raises(RegistryError, match="no version 9"):
+        registry.promote("glide-base", 9)
+
+
+def test_register_without_training_run_imports_the_export(store: Store) -> None:
+    folder = store.root / "models" / "clip"
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"clip")
+    registry = ModelRegistry(store.client, PromotionConfig())
+    result = registry.register(name="glide-clip", model_dir=folder, metrics={}, lineage={})
+    mv = store.client.get_model_version("glide-clip", result.version)
+    run = store.client.get_run(mv.run_id)
+    assert run.info.run_name == "import_glide-clip"
+    assert [a.path for a in store.client.list_artifacts(mv.run_id, "export")] == ["export/model.pt"]
+    with pytest.raises(RegistryError, match="not found"):
+        registry.register(name="glide-x", model_dir=store.root / "nope", metrics={}, lineage={})
+
+
+def test_lineage_tags_from_git_and_dvc_lock(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run(["git", "add", "f"], cwd=tmp_path, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+        cwd=tmp_path,
+        check=True,
+    )
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "train_base": {
+                "cmd": "python pipelines/train.py train=base",
+                "deps": [
+                    {"path": "conf/train", "hash": "md5", "md5": "c0nf.dir"},
+                    {"path": "data/shards", "hash": "md5", "md5": "da7a.dir"},
+                    {"path": "pipelines/train.py", "hash": "md5", "md5": "c0de"},
+                ],
+                "outs": [{"path": "models/base", "hash": "md5", "md5": "0u7.dir"}],
+            },
+            "evaluate": {
+                "deps": [],
+                "outs": [{"path": "metrics/evaluate.json", "hash": "md5", "md5": "e7a1"}],
+            },
+        },
+    }
+    import yaml
+
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "models" / "base" / "mlflow_run_id").write_text("run123\n")
+    tags = lineage_tags(tmp_path, "models/base")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert tags["lineage.git_commit"] == head.stdout.strip()
+    assert tags["lineage.dvc_stage"] == "train_base"
+    assert tags["lineage.data"] == "data/shards=da7a.dir"
+    assert tags["lineage.config"] == "conf/train=c0nf.dir"
+    assert tags["lineage.code"] == "pipelines/train.py=c0de"
+    assert tags["lineage.outs"] == "models/base=0u7.dir"
+    assert tags["lineage.evaluate"] == "metrics/evaluate.json=e7a1"
+    assert tags["lineage.train_run_id"] == "run123"
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    from glide.tracking.commands import add_compare_parser, add_promote_parser
+
+    parser = argparse.ArgumentParser(prog="glide")
+    subs = parser.add_subparsers(dest="command", required=True)
+    add_promote_parser(subs)
+    add_compare_parser(subs)
+    return parser.parse_args(argv)
+
+
+def test_promote_command(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = ModelRegistry(store.client, GATE)
+    folder = store.trained_model("base", b"a")
+    _register(registry, folder, acc=0.9)
+    store.trained_model("base", b"b")
+    _register(registry, folder, acc=0.1)
+    uri = ["--tracking-uri", store.uri]
+
+    args = _cli(["promote", "--model", "glide-base", "--version", "2", "--dry-run", *uri])
+    assert args._run(args) == 0
+    assert "v2 would become challenger" in capsys.readouterr().out
+
+    # the gate of conf/promotion (min 0.0, tolerance 0.05) refuses 0.1 after 0.9
+    args = _cli(["promote", "--model", "glide-base", "--version", "2", *uri])
+    assert args._run(args) == 1
+    assert registry.alias_version("glide-base", "champion") == "1"
+    relaxed = ["--set", "promotion.rules.0.tolerance=1.0"]
+    args = _cli(["promote", "--model", "glide-base", "--version", "2", *relaxed, *uri])
+    assert args._run(args) == 0
+    assert registry.alias_version("glide-base", "champion") == "2"
+
+    args = _cli(["promote", "--model", "glide-base", "--rollback", *uri])
+    assert args._run(args) == 0
+    assert registry.alias_version("glide-base", "champion") == "1"
+    args = _cli(["promote", "--model", "glide-base", *uri])
+    assert args._run(args) == 0
+    assert "@champion=v1" in capsys.readouterr().out
+    args = _cli(["promote", "--model", "glide-nope", "--version", "1", *uri])
+    assert args._run(args) == 2
+    assert "glide promote: error:" in capsys.readouterr().err
+
+
+def test_registered_champion_loads_for_sampling(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``models:/glide-base@champion`` resolves to the export training wrote."""
+    from glide.models import load_preset
+    from glide.models.export import build_model, save_model
+    from glide.sampling import load_model_source
+
+    options = load_preset("tiny")["base"]
+    folder = store.root / "models" / "base"
+    save_model(
+        folder / "model.pt",
+        build_model("base", options),
+        kind="base",
+        options=options,
+        tokenizer="clip",
+        diffusion={"steps": 1000, "noise_schedule": "squaredcos_cap_v2"},
+    )
+    run = store.client.create_run(store.experiment_id, run_name="train_base")
+    store.client.log_artifact(run.info.run_id, str(folder / "model.pt"), "export")
+    (folder / "mlflow_run_id").write_text(run.info.run_id)
+    registry = ModelRegistry(store.client, GATE)
+    result = _register(registry, folder, acc=0.5)
+    assert result.decision == "champion"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    loaded = load_model_source("models:/glide-base@champion")
+    assert loaded.kind == "base" and loaded.image_size == 64
+    assert "v1" in loaded.version
+    report = json.dumps(result.as_dict())
+    assert '"champion": 1' in report
