@@ -1,0 +1,136 @@
+"""The exported-model file: one ``.pt`` that sampling, evaluation and the registry load.
+
+Format (a plain ``dict`` written by :func:`torch.save`, readable with ``weights_only=True``)::
+
+    {
+      "format": "glide-export",        # marker, checked on load
+      "version": 1,
+      "kind": "base" | "upsample" | "inpaint" | "clip",
+      "options": {...},                # release-style options: from_openai_options(options), or
+                                       # clip_from_openai_options(options) for kind "clip"
+      "tokenizer": {"name": "clip", "path": None},   # glide.text.get_tokenizer(name, path)
+      "diffusion": {"steps": 1000, "noise_schedule": "squaredcos_cap_v2"},  # {} for clip
+      "extra": {...},                  # free-form primitives: training step, losses, run id, ...
+      "state_dict": {name: tensor},    # the weights (the EMA weights for trained models)
+    }
+
+Every value outside ``state_dict`` is a primitive (str, int, float, bool, None) or a list / dict
+of them, so loading never unpickles code. Files are written atomically (temporary file in the
+same folder, fsync, ``os.replace``): a reader never sees a half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from glide.models.options import clip_from_openai_options, from_openai_options
+
+FORMAT = "glide-export"
+VERSION = 1
+KINDS = ("base", "upsample", "inpaint", "clip")
+
+
+def _check_primitive(value: Any, where: str) -> None:
+    if value is None or isinstance(value, str | int | float | bool):
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_primitive(v, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: keys must be str, got {k!r}")
+            _check_primitive(v, f"{where}.{k}")
+        return
+    raise TypeError(f"{where}: {type(value).__name__} is not a primitive value")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, mappings -> dicts (what ``weights_only`` loading accepts everywhere)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # Persist the rename itself (the directory entry), or a crash may still lose the file.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    kind: str,
+    options: Mapping[str, Any],
+    tokenizer: str | Mapping[str, Any],
+    diffusion: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and everything needed to rebuild it; see the module docstring."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    tok = {"name": tokenizer, "path": None} if isinstance(tokenizer, str) else dict(tokenizer)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "options": _plain(options),
+        "tokenizer": _plain(tok),
+        "diffusion": _plain(diffusion or {}),
+        "extra": _plain(extra or {}),
+    }
+    _check_primitive(meta, "meta")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return atomic_torch_save({**meta, "state_dict": state}, path)
+
+
+def build_model(kind: str, options: Mapping[str, Any]) -> nn.Module:
+    """An untrained network of ``kind`` from release-style ``options``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return clip_from_openai_options(options) if kind == "clip" else from_openai_options(options)
+
+
+def load_model(
+    path: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild and load an exported model (strictly); return ``(model in eval mode, meta)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model {path} not found (train it: pipelines/train.py)")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file")
+    if payload.get("version", 0) > VERSION:
+        raise ValueError(f"{path} has format version {payload['version']} > {VERSION}")
+    state = payload.pop("state_dict")
+    model = build_model(payload["kind"], payload["options"])
+    model.load_state_dict(state, strict=True)
+    return model.eval(), payload

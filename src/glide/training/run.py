@@ -1,0 +1,274 @@
+"""Build the Lightning Trainer from a :class:`TrainConfig`, train, export the EMA model.
+
+Output folder ``<out_dir>/`` (``models/<name>/`` in the pipeline):
+
+- ``model.pt`` — the final EMA weights in the :mod:`glide.models.export` format;
+- ``checkpoints/{last,step-N}.ckpt`` — atomic training checkpoints (resume: ``resume=true``);
+- ``mlflow_run_id`` — the run a resumed training keeps logging into;
+- ``summary.json`` — final step, losses, throughput and wall time;
+- ``samples/step-N.png`` — sample grids from the EMA weights.
+
+The loss curve goes to ``config.plots_file`` (CSV for ``dvc plots``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from glide.models.export import load_model, save_model
+from glide.tracking import ensure_reachable, flatten_params, resolve_tracking_uri
+from glide.training.callbacks import SampleGrid, TrainMonitor
+from glide.training.checkpoint import AtomicCheckpointIO, checkpoint_dir, last_checkpoint
+from glide.training.config import TrainConfig
+from glide.training.datamodule import ShardDataModule
+from glide.training.modules import GlideModule, InpaintModule, build_module
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+@dataclass
+class TrainResult:
+    """What a finished :func:`train` call produced."""
+
+    model_path: Path | None
+    run_id: str | None
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def model_options(config: TrainConfig, preset: Mapping[str, Any]) -> dict[str, Any]:
+    """The release-style options of the network to train: ``preset[part]`` + overrides."""
+    if config.part not in preset:
+        raise KeyError(f"model preset has no {config.part!r} entry (has {sorted(preset)})")
+    options = {**preset[config.part], **config.model_overrides}
+    if config.kind == "inpaint":
+        options["inpaint"] = True
+    if config.activation_checkpointing and config.kind != "clip":
+        options["use_checkpoint"] = True
+    return options
+
+
+def set_threads(config: TrainConfig) -> int:
+    """Set torch's CPU threads: oversubscribed cores (threads + busy data workers > cores) make
+    every OpenMP barrier wait on a descheduled thread, which costs far more than one thread."""
+    n = config.num_threads or max(1, (os.cpu_count() or 1) - config.data.num_workers)
+    torch.set_num_threads(n)
+    return n
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bf16 mixed precision on GPUs that support it, else full fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _mlflow_logger(
+    config: TrainConfig,
+    *,
+    root: Path,
+    experiment: str,
+    tracking_uri: str | None,
+    run_id: str | None,
+) -> Any:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    uri = resolve_tracking_uri(root, tracking_uri)
+    ensure_reachable(uri)  # fail before any work when a tracking server is down
+    artifacts = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    return MLFlowLogger(
+        experiment_name=experiment,
+        run_name=f"train_{config.name}",
+        tracking_uri=uri,
+        tags={"stage": f"train_{config.name}", "kind": config.kind},
+        run_id=run_id,
+        artifact_location=artifacts,
+        log_model=False,
+    )
+
+
+def build_trainer(config: TrainConfig, *, logger: Any, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """A Trainer with atomic checkpoints every ``checkpoint_every`` steps and step-based limits."""
+    ckpt = ModelCheckpoint(
+        dirpath=checkpoint_dir(config.out_dir),
+        filename="step-{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=config.checkpoint_every,
+        save_top_k=config.keep_checkpoints,
+        monitor="step",
+        mode="max",
+        save_last=True,
+        save_on_train_epoch_end=False,
+    )
+    cbs: list[pl.Callback] = [ckpt, *callbacks]
+    if config.progress:
+        cbs.append(TQDMProgressBar(refresh_rate=max(1, config.log_every // 2)))
+    val = config.val_every > 0 and config.data.val_batches > 0
+    return pl.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=resolve_precision(config.precision),  # type: ignore[arg-type]
+        max_steps=config.max_steps,
+        max_time=timedelta(seconds=config.max_time) if config.max_time > 0 else None,
+        logger=logger,
+        callbacks=cbs,
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=config.optim.grad_clip or None,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        log_every_n_steps=config.log_every,
+        val_check_interval=config.val_every if val else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=config.data.val_batches if val else 0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        default_root_dir=config.out_dir,
+        use_distributed_sampler=False,  # the shard stream splits data across ranks itself
+    )
+
+
+def _reset_outputs(config: TrainConfig) -> None:
+    out = Path(config.out_dir)
+    for sub in ("checkpoints", "samples"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    for name in ("model.pt", "summary.json", RUN_ID_FILE):
+        (out / name).unlink(missing_ok=True)
+    Path(config.plots_file).unlink(missing_ok=True)
+
+
+def _export(
+    config: TrainConfig, module: GlideModule, *, step: int, extra: Mapping[str, Any]
+) -> Path:
+    data = config.data
+    return save_model(
+        Path(config.out_dir) / "model.pt",
+        module.ema.model,
+        kind=config.kind,
+        options={k: v for k, v in module.options.items() if k != "use_checkpoint"},
+        tokenizer={"name": data.tokenizer, "path": data.tokenizer_path},
+        diffusion={"steps": config.diffusion_steps, "noise_schedule": config.noise_schedule}
+        if config.kind != "clip"
+        else {},
+        extra={"step": step, "name": config.name, "image_size": data.image_size, **extra},
+    )
+
+
+def train(
+    config: TrainConfig,
+    preset: Mapping[str, Any],
+    *,
+    root: str | Path = ".",
+    experiment: str = "glide",
+    tracking_uri: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    extra_callbacks: list[pl.Callback] | None = None,
+) -> TrainResult:
+    """Train ``config.kind`` on the shards; export the EMA model; log everything to MLflow.
+
+    ``preset`` is a model preset dict (``glide.models.load_preset``); ``params`` (the composed
+    Hydra config) are logged flattened as the run's parameters. With ``config.resume`` the run
+    continues from ``<out_dir>/checkpoints/last.ckpt`` in the same MLflow run.
+    """
+    start = time.perf_counter()
+    root = Path(root)
+    out = Path(config.out_dir)
+    ckpt_path = last_checkpoint(out) if config.resume else None
+    run_id_file = out / RUN_ID_FILE
+    run_id = run_id_file.read_text().strip() if config.resume and run_id_file.is_file() else None
+    if not config.resume:
+        _reset_outputs(config)
+    out.mkdir(parents=True, exist_ok=True)
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    set_threads(config)
+    options = model_options(config, preset)
+    module = build_module(config, options)
+    if isinstance(module, InpaintModule) and config.inpaint.init_from and ckpt_path is None:
+        base, meta = load_model(root / config.inpaint.init_from)
+        if meta["kind"] != "base":
+            raise ValueError(f"{config.inpaint.init_from} is a {meta['kind']} model, not a base")
+        widened = module.init_from_base(base.state_dict())
+        log.info(
+            "inpainting initialised from %s (zero-initialised: %s)",
+            config.inpaint.init_from,
+            widened,
+        )
+    datamodule = ShardDataModule(config.data, seed=config.seed)
+
+    logger = _mlflow_logger(
+        config, root=root, experiment=experiment, tracking_uri=tracking_uri, run_id=run_id
+    )
+    monitor = TrainMonitor(config.plots_file, every=config.log_every)
+    grid = SampleGrid(out, every=config.sample.every)
+    trainer = build_trainer(
+        config, logger=logger, callbacks=[monitor, grid, *(extra_callbacks or [])]
+    )
+    if trainer.is_global_zero:
+        if run_id is None and params is not None:
+            logger.log_hyperparams(flatten_params(params))
+        run_id_file.write_text(str(logger.run_id) + "\n")
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    step = trainer.global_step
+    # A final checkpoint at the last step, so `resume` after completion is a no-op.
+    trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return TrainResult(None, None, step, metrics, seconds)
+
+    run_id = str(logger.run_id)
+    summary = {
+        "step": step,
+        "seconds": round(seconds, 1),
+        "metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
+        "last_logged": monitor.last_row,
+        "run_id": run_id,
+    }
+    model_path = _export(config, module, step=step, extra={"run_id": run_id, **summary["metrics"]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    client = logger.experiment
+    client.log_artifact(run_id, str(model_path), "export")
+    client.log_artifact(run_id, str(out / "summary.json"), "export")
+    if Path(config.plots_file).is_file():
+        client.log_artifact(run_id, config.plots_file, "plots")
+    if config.log_mlflow_model:
+        _log_mlflow_model(module, run_id=run_id, tracking_uri=logger._tracking_uri)
+    return TrainResult(model_path, run_id, step, metrics, seconds)
+
+
+def _log_mlflow_model(module: GlideModule, *, run_id: str, tracking_uri: str) -> None:
+    """The EMA network as an MLflow logged model (``runs:/<run_id>/model``): what the registry
+    promotes (``models:/glide-<name>@champion``); ``export/model.pt`` beside it is the
+    ``weights_only`` file that glide's own loaders read."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    ema = module.ema.model.cpu().eval()
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            ema,
+            name="model",
+            serialization_format="pickle",  # pt2 would need a traced example per model kind
+            pip_requirements=["torch", "glide"],  # skip slow requirement inference
+        )

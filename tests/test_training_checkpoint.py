@@ -1,0 +1,159 @@
+"""Atomic checkpoints, exact resume (same step, weights, optimizer state), resume after kill -9."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from glide.models import load_preset
+from glide.models.export import atomic_torch_save
+from glide.training import TrainConfig, TrainResult, load_checkpoint, train
+from glide.training.run import RUN_ID_FILE
+from tests.test_training_data import write_shards
+from tests.test_training_modules import small_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("shards"), n=64, per_shard=16, size=64)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Restores torch's thread count (train() sets it from the config)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+class _Unpicklable:
+    def __reduce__(self) -> tuple:
+        raise RuntimeError("disk full")
+
+
+def test_atomic_save_never_leaves_a_torn_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1, "w": torch.ones(3)}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"step": 2, "w": torch.zeros(3), "bad": _Unpicklable()}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def _train(cfg: TrainConfig, root: Path) -> TrainResult:
+    return train(
+        cfg,
+        load_preset("tiny"),
+        root=root,
+        experiment="test",
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        params={"test": True},
+    )
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    oa, ob = a["optimizer_states"][0], b["optimizer_states"][0]
+    assert oa["param_groups"] == ob["param_groups"]
+    for i, st in oa["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, ob["state"][i][k]), (i, k)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def test_exact_resume_same_step_weights_and_optimizer(
+    shards: Path, tmp_path: Path, one_thread: None
+) -> None:
+    cfg = small_config(shards, tmp_path / "a", max_steps=4, checkpoint_every=2, num_threads=1)
+    full = _train(cfg, tmp_path / "a")
+    ckdir = Path(cfg.out_dir) / "checkpoints"
+    assert {p.name for p in ckdir.iterdir()} == {
+        "last.ckpt",
+        "step-0000002.ckpt",
+        "step-0000004.ckpt",
+    }
+    final = load_checkpoint(ckdir / "last.ckpt")  # weights_only=True
+    assert final["global_step"] == 4
+    assert any(k.startswith("ema.model.") for k in final["state_dict"])
+    assert final["ShardDataModule"]["batches"] == 4  # the data position
+
+    # A "crashed" run that only has the step-2 checkpoint resumes into the same MLflow run.
+    out_b = tmp_path / "a" / "models" / "resumed"
+    (out_b / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckdir / "step-0000002.ckpt", out_b / "checkpoints" / "last.ckpt")
+    shutil.copy(Path(cfg.out_dir) / RUN_ID_FILE, out_b / RUN_ID_FILE)
+    resumed_cfg = dataclasses.replace(cfg, out_dir=str(out_b), resume=True)
+    resumed = _train(resumed_cfg, tmp_path / "a")
+    assert resumed.run_id == full.run_id and resumed.step == 4
+    _assert_same_state(final, load_checkpoint(out_b / "checkpoints" / "last.ckpt"))
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    steps = sorted(m.step for m in client.get_metric_history(full.run_id, "train/loss"))
+    assert steps == [0, 1, 2, 2, 3, 3]  # steps 2-3 ran again after the "crash", same run
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(shards: Path, tmp_path: Path) -> None:
+    overrides = [
+        f"train.data.shards_dir={shards}",
+        f"train.out_dir={tmp_path / 'models' / 'base'}",
+        f"train.plots_file={tmp_path / 'plots.csv'}",
+        f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "+train.model_overrides.image_size=32",
+        "+train.model_overrides.channel_mult='1,2'",
+        "+train.model_overrides.attention_resolutions='8'",
+        "+train.model_overrides.text_ctx=16",
+        "+train.model_overrides.xf_layers=1",
+        "train.data.image_size=32",
+        "train.data.text_ctx=16",
+        "train.data.batch_size=4",
+        "train.data.num_workers=0",
+        "train.max_steps=40",
+        "train.max_time=0",
+        "train.checkpoint_every=5",
+        "train.num_threads=1",
+        "train.progress=false",
+        "train.log_mlflow_model=false",
+        "train.sample.steps=2",
+    ]
+    cmd = [sys.executable, str(REPO / "pipelines" / "train.py"), "train=base", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    ckdir = tmp_path / "models" / "base" / "checkpoints"
+    deadline = time.time() + 300
+    while not list(ckdir.glob("step-*.ckpt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(ckdir / "last.ckpt")["global_step"]
+    assert 5 <= killed_at < 40
+    run_id = (tmp_path / "models" / "base" / RUN_ID_FILE).read_text().strip()
+
+    subprocess.run([*cmd, "train.resume=true"], cwd=REPO, env=env, check=True, capture_output=True)
+    assert load_checkpoint(ckdir / "last.ckpt")["global_step"] == 40
+    assert (tmp_path / "models" / "base" / RUN_ID_FILE).read_text().strip() == run_id
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert (tmp_path / "models" / "base" / "model.pt").is_file()
