@@ -1,0 +1,258 @@
+"""The ``glide`` command: sample and inpaint with trained, registered or released models.
+
+    glide sample --prompt "a red circle" --out samples/            # grid.png + 000.png ...
+    glide sample --prompt "a red circle" --out red.png --sampler dpm++ --steps 20 --base-only
+    glide sample --prompt "..." --base models:/glide-base@champion --out out.png
+    glide inpaint --image in.png --mask mask.png --prompt "a blue star" --out painted.png
+
+Each subcommand is a ``(name, help, add_arguments, run)`` entry: :data:`COMMANDS` here, plus
+``promote`` / ``compare`` from :mod:`glide.tracking.commands` when that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["COMMANDS", "all_commands", "build_parser", "main"]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str) -> None:
+    g = p.add_argument_group("models (a path, models:/<name>@<alias>, or openai:<name>)")
+    g.add_argument("--base", default=base, help=f"base model source (default: {base})")
+    g.add_argument(
+        "--upsampler", default=upsampler, help=f"upsampler source (default: {upsampler})"
+    )
+    g.add_argument(
+        "--tokenizer-path", default=None, help="GPT-2 BPE folder (released OpenAI models)"
+    )
+    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser, *, guidance: float) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--prompt", required=True, help="caption; empty samples unconditionally")
+    g.add_argument("--out", required=True, help="grid file (x.png) or output folder")
+    g.add_argument("-n", "--num-images", type=int, default=4, help="images to draw (default: 4)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=guidance,
+        help=f"classifier-free guidance scale, 1 = off (default: {guidance:g})",
+    )
+    g.add_argument(
+        "--sampler",
+        default="ancestral",
+        help="ancestral | fast27 | ddim | dpm++ (default: ancestral, as the release)",
+    )
+    g.add_argument("--steps", type=int, default=None, help="sampler steps (default: per sampler)")
+    g.add_argument("--base-only", action="store_true", help="stop at the 64x64 base samples")
+    g.add_argument("--upsample-sampler", default="fast27", help="upsampler's sampler (fast27)")
+    g.add_argument("--upsample-steps", type=int, default=None, help="upsampler sampler steps")
+    g.add_argument(
+        "--upsample-temperature", type=float, default=0.997, help="upsampler noise scale (0.997)"
+    )
+    g.add_argument("--batch-size", type=int, default=8, help="images per forward batch (8)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
+    _add_sampling_options(p, guidance=3.0)
+    p.add_argument(
+        "--clip-guidance-scale", type=float, default=0.0, help="CLIP guidance scale (0: off)"
+    )
+    p.add_argument("--clip", default="models/clip", help="noised CLIP source for CLIP guidance")
+    _add_model_options(p, base="models/base", upsampler="models/upsampler")
+
+
+def _add_inpaint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="image to edit (any mode and size)")
+    p.add_argument("--mask", required=True, help="mask image: white = keep, black = repaint")
+    p.add_argument("--invert-mask", action="store_true", help="white = repaint instead")
+    _add_sampling_options(p, guidance=5.0)
+    _add_model_options(p, base="models/inpaint", upsampler="models/upsampler")
+
+
+def _open_image(path: str, what: str) -> object:
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.is_file():
+        raise CLIError(f"{what} {file} not found")
+    try:
+        with Image.open(file) as img:
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CLIError(f"{what} {file} is not a readable image ({exc})") from None
+
+
+def _load(source: str, args: argparse.Namespace, what: str) -> object:
+    from glide.sampling import ModelSourceError, load_model_source
+    from glide.tracking import TrackingUnavailableError
+
+    try:
+        return load_model_source(source, tokenizer_path=args.tokenizer_path, device=args.device)
+    except (FileNotFoundError, ModelSourceError, ValueError, TrackingUnavailableError) as exc:
+        raise CLIError(f"cannot load {what} {source!r}: {exc}") from None
+
+
+def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
+    from glide.sampling import (
+        Cascade,
+        GenerationConfig,
+        InpaintInputs,
+        LoadedModel,
+        parse_sampler,
+        save_samples,
+        to_pil,
+    )
+
+    if args.num_images < 1:
+        raise CLIError("--num-images must be >= 1")
+    try:
+        sampler = parse_sampler(args.sampler, args.steps)
+        up_sampler = parse_sampler(args.upsample_sampler, args.upsample_steps)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    clip_scale = float(getattr(args, "clip_guidance_scale", 0.0))
+    if clip_scale and sampler.name == "dpm++":
+        raise CLIError("CLIP guidance needs --sampler ancestral, fast27 or ddim (not dpm++)")
+
+    inputs = None
+    if inpaint:
+        image, mask = _open_image(args.image, "image"), _open_image(args.mask, "mask")
+    base = _load(args.base, args, "base model")
+    assert isinstance(base, LoadedModel)
+    upsampler = None if args.base_only else _load(args.upsampler, args, "upsampler")
+    clip = _load(args.clip, args, "CLIP model") if clip_scale else None
+    if inpaint and not base.inpaint:
+        raise CLIError(
+            f"{base.version} is not an inpainting model (train=inpaint, openai:base-inpaint)"
+        )
+    if inpaint:
+        high = upsampler.image_size if isinstance(upsampler, LoadedModel) else base.image_size
+        for what, img in (("image", image), ("mask", mask)):
+            if img.size != (high, high) or img.mode not in ("RGB", "L"):  # type: ignore[attr-defined]
+                print(
+                    f"glide inpaint: {what} {img.size[0]}x{img.size[1]} {img.mode} is "  # type: ignore[attr-defined]
+                    f"converted and resized to {high}x{high}",
+                    file=sys.stderr,
+                )
+        inputs = InpaintInputs.from_pil(
+            image,  # type: ignore[arg-type]
+            mask,  # type: ignore[arg-type]
+            low=base.image_size,
+            high=high,
+            invert=args.invert_mask,
+        )
+    if not args.prompt.strip():
+        print("glide: empty prompt: sampling unconditionally", file=sys.stderr)
+
+    config = GenerationConfig(
+        guidance_scale=args.guidance_scale,
+        clip_guidance_scale=clip_scale,
+        sampler=sampler,
+        upsample=not args.base_only,
+        upsample_sampler=up_sampler,
+        upsample_temperature=args.upsample_temperature,
+        batch_size=max(1, args.batch_size),
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    try:
+        cascade = Cascade(
+            base,
+            upsampler=upsampler,  # type: ignore[arg-type]
+            clip=clip,  # type: ignore[arg-type]
+            device=args.device,
+        )
+        out = cascade.generate([args.prompt] * args.num_images, config, inpaint=inputs)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    metadata = {
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "sampler": sampler.label,
+        "upsample_sampler": None if args.base_only else up_sampler.label,
+        "guidance_scale": f"{args.guidance_scale:g}",
+        "clip_guidance_scale": f"{clip_scale:g}",
+        "model_version": base.version,
+        "upsampler_version": None if upsampler is None else upsampler.version,  # type: ignore[attr-defined]
+    }
+    if inpaint:
+        metadata.update(source_image=str(args.image), mask=str(args.mask))
+    grid, paths = save_samples(to_pil(out.final), args.out, metadata)
+    print(f"wrote {grid} and {len(paths)} image(s) beside it")
+    return 0
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    return _generate(args, inpaint=False)
+
+
+def _run_inpaint(args: argparse.Namespace) -> int:
+    return _generate(args, inpaint=True)
+
+
+Command = tuple[
+    str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+]
+COMMANDS: list[Command] = [
+    (
+        "sample",
+        "generate images from a caption (base model, optionally the full cascade)",
+        _add_sample,
+        _run_sample,
+    ),
+    (
+        "inpaint",
+        "repaint the masked-out region of an image to match a caption",
+        _add_inpaint,
+        _run_inpaint,
+    ),
+]
+"""``(name, help, add_arguments, run)`` per subcommand."""
+
+
+def all_commands() -> list[Command]:
+    """:data:`COMMANDS` plus the registry commands (``promote``, ``compare``) when installed."""
+    commands = list(COMMANDS)
+    try:
+        from glide.tracking.commands import COMPARE_COMMAND, PROMOTE_COMMAND
+    except ImportError:
+        return commands
+    return [*commands, PROMOTE_COMMAND, COMPARE_COMMAND]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``glide`` argument parser with one subparser per entry of :func:`all_commands`."""
+    parser = argparse.ArgumentParser(prog="glide", description="GLIDE sampling and registry tools")
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_arguments, run in all_commands():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub)
+        sub.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``glide`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return int(args._run(args))
+    except CLIError as exc:
+        print(f"glide {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Sampling for people and for evaluation: samplers, the base -> upsampler cascade, model
+sources (exported checkpoints, MLflow URIs, released OpenAI files) and PNG output."""
+
+from glide.sampling.cascade import (
+    Cascade,
+    CascadeOutput,
+    GenerationConfig,
+    InpaintInputs,
+    clip_text_embeddings,
+    clip_tokens,
+    quantize,
+    to_pil,
+    to_uint8,
+)
+from glide.sampling.io import image_grid, output_paths, png_metadata, save_samples
+from glide.sampling.model_source import (
+    LoadedModel,
+    ModelSourceError,
+    load_model_source,
+    openai_dir,
+)
+from glide.sampling.samplers import (
+    SAMPLERS,
+    DiffusionSpec,
+    SamplerSpec,
+    parse_sampler,
+    run_sampler,
+    sampler_diffusion,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "Cascade",
+    "CascadeOutput",
+    "DiffusionSpec",
+    "GenerationConfig",
+    "InpaintInputs",
+    "LoadedModel",
+    "ModelSourceError",
+    "SamplerSpec",
+    "clip_text_embeddings",
+    "clip_tokens",
+    "image_grid",
+    "load_model_source",
+    "openai_dir",
+    "output_paths",
+    "parse_sampler",
+    "png_metadata",
+    "quantize",
+    "run_sampler",
+    "sampler_diffusion",
+    "save_samples",
+    "to_pil",
+    "to_uint8",
+]

@@ -1,0 +1,297 @@
+"""GLIDE's text-to-image cascade, as in the release's notebooks.
+
+1. The 64x64 base model samples with classifier-free guidance (the caption's tokens and the
+   empty caption's in one batch; scale ``s``, ``s = 1`` is plain conditional sampling) and/or
+   CLIP guidance (the noised CLIP's gradient as ``cond_fn``).
+2. Its samples are quantised to 8 bits (``round((x + 1) * 127.5) / 127.5 - 1``) and handed to the
+   upsampler as ``low_res``; the upsampler is conditioned on the caption without guidance and
+   starts from noise scaled by a temperature of 0.997 (the release samples it with ``fast27``).
+
+Inpainting uses the inpainting variant of the base model (and of the upsampler when given one; a
+plain upsampler works by replacement alone): they read the known pixels and mask as inputs, and
+the known pixels are pasted into every ``x_0`` prediction, so the result keeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from glide.diffusion import inpaint_denoised_fn
+from glide.guidance import ClassifierFreeGuidance, CLIPGuidance, classifier_free_batch
+from glide.models import NoisedCLIP
+from glide.sampling.model_source import LoadedModel
+from glide.sampling.samplers import SamplerSpec, run_sampler
+from glide.text import Tokenizer
+
+__all__ = [
+    "Cascade",
+    "CascadeOutput",
+    "GenerationConfig",
+    "InpaintInputs",
+    "clip_text_embeddings",
+    "clip_tokens",
+    "quantize",
+    "to_pil",
+    "to_uint8",
+]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to sample: guidance, samplers, the upsampling stage, batching and the seed."""
+
+    guidance_scale: float = 3.0
+    clip_guidance_scale: float = 0.0
+    sampler: SamplerSpec = field(default_factory=lambda: SamplerSpec("ancestral", 100))
+    upsample: bool = True
+    upsample_sampler: SamplerSpec = field(default_factory=lambda: SamplerSpec("fast27", 27))
+    upsample_temperature: float = 0.997
+    batch_size: int = 16
+    seed: int = 0
+    progress: bool = False
+
+
+@dataclass
+class CascadeOutput:
+    """uint8 images [N, 3, H, W]: the base samples and the final (upsampled, or base) ones."""
+
+    base: Tensor
+    final: Tensor
+
+
+@dataclass
+class InpaintInputs:
+    """Known image in [-1, 1] and mask (1 = keep) at the base and upsampler resolutions."""
+
+    image_lr: Tensor  # [1, 3, s, s]
+    mask_lr: Tensor  # [1, 1, s, s]
+    image_hr: Tensor  # [1, 3, S, S]
+    mask_hr: Tensor  # [1, 1, S, S]
+
+    @classmethod
+    def from_pil(
+        cls, image: Image.Image, mask: Image.Image, *, low: int, high: int, invert: bool = False
+    ) -> InpaintInputs:
+        """Resize (bicubic image, nearest mask) and binarise the mask (white = keep).
+
+        The mask is made at ``low`` resolution and upsampled by nearest neighbour to ``high``, as
+        the release does, so both stages keep the same region.
+        """
+        mask_lr = _pil_to_tensor(mask.convert("L").resize((low, low), Image.Resampling.NEAREST))
+        mask_lr = (mask_lr[:, :1] > 0).float()
+        if invert:
+            mask_lr = 1.0 - mask_lr
+        return cls(
+            image_lr=_pil_to_tensor(
+                image.convert("RGB").resize((low, low), Image.Resampling.BICUBIC)
+            ),
+            mask_lr=mask_lr,
+            image_hr=_pil_to_tensor(
+                image.convert("RGB").resize((high, high), Image.Resampling.BICUBIC)
+            ),
+            mask_hr=F.interpolate(mask_lr, (high, high), mode="nearest"),
+        )
+
+
+def _pil_to_tensor(img: Image.Image) -> Tensor:
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None].repeat(3, axis=2)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Round [-1, 1] images to the nearest of 256 levels (the release's ``low_res`` input)."""
+    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float -> uint8 [0, 255], same shape."""
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """uint8 [N, 3, H, W] -> PIL RGB images."""
+    return [Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB") for img in images]
+
+
+def clip_tokens(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]:
+    """Tokens [B, max_len] and lengths [B] for the noised CLIP's text tower (length >= 1)."""
+    tokens, mask = tokenizer.batch(list(texts), max_len)
+    return tokens, mask.sum(1).clamp(min=1)
+
+
+def clip_text_embeddings(clip: LoadedModel, texts: Sequence[str]) -> Tensor:
+    """Normalised caption embeddings [B, D] from a loaded noised CLIP."""
+    model = clip.model
+    if not isinstance(model, NoisedCLIP):
+        raise TypeError(f"{clip.version} is not a noised CLIP")
+    tokens, lens = clip_tokens(clip.tokenizer, texts, clip.text_ctx)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model.text_embeddings(tokens.to(device), lens.to(device))
+
+
+def _resized_encoder(clip: NoisedCLIP, size: int) -> Callable[[Tensor, Tensor], Tensor]:
+    def encode(x: Tensor, t: Tensor) -> Tensor:
+        if x.shape[-1] != size:
+            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
+        return clip.image_encoder(x, t)
+
+    return encode
+
+
+class Cascade:
+    """Base model, optional upsampler and optional noised CLIP, sampled the release's way."""
+
+    def __init__(
+        self,
+        base: LoadedModel,
+        *,
+        upsampler: LoadedModel | None = None,
+        clip: LoadedModel | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if base.super_res:
+            raise ValueError(f"{base.version} is an upsampler, not a base model")
+        if upsampler is not None and not upsampler.super_res:
+            raise ValueError(f"{upsampler.version} is not an upsampler (super_res is off)")
+        self.base, self.upsampler, self.clip = base, upsampler, clip
+        self.device = torch.device(device)
+
+    def _tokens(self, loaded: LoadedModel, prompts: Sequence[str]) -> dict[str, Tensor]:
+        tokens, mask = loaded.tokenizer.batch(list(prompts), loaded.text_ctx)
+        return {"tokens": tokens.to(self.device), "mask": mask.to(self.device)}
+
+    def sample_base(
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        *,
+        generator: torch.Generator | None = None,
+        inpaint: InpaintInputs | None = None,
+    ) -> Tensor:
+        """One batch of base samples in [-1, 1], [len(prompts), 3, s, s]."""
+        n, size = len(prompts), self.base.image_size
+        if inpaint is not None and not self.base.inpaint:
+            raise ValueError(f"{self.base.version} is not an inpainting model")
+        cond = self._tokens(self.base, prompts)
+        uncond = self._tokens(self.base, [""])
+        denoised_fn = None
+        if inpaint is not None:
+            known = (inpaint.image_lr * inpaint.mask_lr).to(self.device)
+            m = inpaint.mask_lr.to(self.device)
+            for d in (cond, uncond):
+                d["inpaint_image"], d["inpaint_mask"] = (
+                    known.expand(len(d["tokens"]), -1, -1, -1),
+                    m.expand(len(d["tokens"]), -1, -1, -1),
+                )
+            denoised_fn = inpaint_denoised_fn(known, m)
+
+        cond_fn = None
+        if config.clip_guidance_scale:
+            if self.clip is None:
+                raise ValueError("CLIP guidance needs a noised CLIP model (--clip SOURCE)")
+            assert isinstance(self.clip.model, NoisedCLIP)
+            emb = clip_text_embeddings(self.clip, prompts)
+            if config.guidance_scale != 1.0:
+                emb = torch.cat([emb, emb])
+            cond_fn = CLIPGuidance(
+                _resized_encoder(self.clip.model, self.clip.image_size),
+                emb,
+                grad_scale=config.clip_guidance_scale,
+                logit_scale=self.clip.model.logit_scale,
+            )
+
+        if config.guidance_scale != 1.0:
+            model = ClassifierFreeGuidance(self.base.model, config.guidance_scale)
+            kwargs, rows = classifier_free_batch(cond, uncond), 2 * n
+        else:
+            model, kwargs, rows = self.base.model, cond, n
+        out = run_sampler(
+            model,
+            (rows, 3, size, size),
+            diffusion=self.base.diffusion,
+            sampler=config.sampler,
+            model_kwargs=kwargs,
+            cond_fn=cond_fn,
+            denoised_fn=denoised_fn,
+            generator=generator,
+            device=self.device,
+            progress=config.progress,
+        )
+        return out[:n]
+
+    def upsample(
+        self,
+        low_res: Tensor,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        *,
+        generator: torch.Generator | None = None,
+        inpaint: InpaintInputs | None = None,
+    ) -> Tensor:
+        """Upsample base samples [B, 3, s, s] in [-1, 1] to [B, 3, S, S].
+
+        With ``inpaint``, an inpainting upsampler also reads the known pixels; a plain one keeps
+        them by replacement alone (they are pasted into every ``x_0`` prediction either way).
+        """
+        if self.upsampler is None:
+            raise ValueError("no upsampler loaded: sample base-only or pass an upsampler")
+        up = self.upsampler
+        kwargs = self._tokens(up, prompts)
+        kwargs["low_res"] = quantize(low_res).to(self.device)
+        denoised_fn = None
+        if inpaint is not None:
+            known = (inpaint.image_hr * inpaint.mask_hr).to(self.device)
+            m = inpaint.mask_hr.to(self.device)
+            if up.inpaint:
+                kwargs["inpaint_image"] = known.expand(len(prompts), -1, -1, -1)
+                kwargs["inpaint_mask"] = m.expand(len(prompts), -1, -1, -1)
+            denoised_fn = inpaint_denoised_fn(known, m)
+        size = up.image_size
+        return run_sampler(
+            up.model,
+            (len(prompts), 3, size, size),
+            diffusion=up.diffusion,
+            sampler=config.upsample_sampler,
+            model_kwargs=kwargs,
+            denoised_fn=denoised_fn,
+            noise_temperature=config.upsample_temperature,
+            generator=generator,
+            device=self.device,
+            progress=config.progress,
+        )
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        *,
+        inpaint: InpaintInputs | None = None,
+    ) -> CascadeOutput:
+        """Sample every prompt in batches of ``config.batch_size`` (one seeded generator)."""
+        if not prompts:
+            raise ValueError("no prompts to sample")
+        upsample = config.upsample and self.upsampler is not None
+        if config.upsample and self.upsampler is None:
+            raise ValueError("the full cascade needs an upsampler; pass one or sample base-only")
+        generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        bases, finals = [], []
+        for start in range(0, len(prompts), config.batch_size):
+            chunk = list(prompts[start : start + config.batch_size])
+            with torch.no_grad():
+                low = self.sample_base(chunk, config, generator=generator, inpaint=inpaint)
+                bases.append(to_uint8(low).cpu())
+                if upsample:
+                    high = self.upsample(low, chunk, config, generator=generator, inpaint=inpaint)
+                    finals.append(to_uint8(high).cpu())
+        base = torch.cat(bases)
+        return CascadeOutput(base=base, final=torch.cat(finals) if finals else base)

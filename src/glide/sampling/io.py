@@ -1,0 +1,87 @@
+"""Writing samples: a PNG grid plus one PNG per image, each carrying its provenance.
+
+PNG text chunks (read with ``PIL.Image.open(p).text``):
+
+==================== ==========================================================================
+key                  value
+==================== ==========================================================================
+``prompt``           the caption ("" for unconditional samples)
+``seed``             the generator seed of the whole call
+``index``            the image's position in the call (absent on the grid)
+``sampler``          base sampler and steps, e.g. ``ancestral-100``, ``dpm++-20``
+``upsample_sampler`` upsampler sampler (absent for base-only samples)
+``guidance_scale``   classifier-free guidance scale
+``clip_guidance_scale`` CLIP guidance scale (0: off)
+``model_version``    the base model's version (path, MLflow URI + version, or release digest)
+``upsampler_version`` the upsampler's version (absent for base-only samples)
+``software``         ``glide <package version>``
+==================== ==========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+__all__ = ["image_grid", "output_paths", "png_metadata", "save_samples"]
+
+
+def _software() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"glide {version('glide')}"
+    except Exception:  # pragma: no cover - not installed as a distribution
+        return "glide"
+
+
+def png_metadata(values: Mapping[str, object]) -> PngInfo:
+    """PNG text chunks for ``values`` (``None`` values are left out) plus ``software``."""
+    info = PngInfo()
+    for key, value in {**values, "software": _software()}.items():
+        if value is not None:
+            info.add_itxt(key, str(value))
+    return info
+
+
+def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
+    """Tile equally sized images row-major into a near-square grid."""
+    if not images:
+        raise ValueError("no images to tile")
+    w, h = images[0].size
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new("RGB", (cols * w, rows * h), (0, 0, 0))
+    for i, img in enumerate(images):
+        grid.paste(
+            img.resize((w, h)) if img.size != (w, h) else img, ((i % cols) * w, (i // cols) * h)
+        )
+    return grid
+
+
+def output_paths(out: str | Path, n: int) -> tuple[Path, list[Path]]:
+    """Grid and single-image paths for ``out``.
+
+    ``out`` ending in ``.png``: the grid is ``out`` and images are ``<stem>_000.png`` ... beside
+    it. Otherwise ``out`` is a folder holding ``grid.png`` and ``000.png`` ...
+    """
+    out = Path(out)
+    if out.suffix.lower() == ".png":
+        return out, [out.with_name(f"{out.stem}_{i:03d}.png") for i in range(n)]
+    return out / "grid.png", [out / f"{i:03d}.png" for i in range(n)]
+
+
+def save_samples(
+    images: Sequence[Image.Image], out: str | Path, metadata: Mapping[str, object]
+) -> tuple[Path, list[Path]]:
+    """Write the grid and every image with ``metadata`` (+ ``index`` per image) as PNG text."""
+    grid_path, paths = output_paths(out, len(images))
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(grid_path, pnginfo=png_metadata(metadata))
+    for i, (img, path) in enumerate(zip(images, paths, strict=True)):
+        img.save(path, pnginfo=png_metadata({**metadata, "index": i}))
+    return grid_path, paths

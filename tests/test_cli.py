@@ -1,0 +1,154 @@
+"""``glide sample`` and ``glide inpaint`` end to end on micro models saved in the export format,
+and their one-line errors for bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glide.cli import main
+from glide.models.export import save_model
+from tests.test_sampling_support import micro_model
+
+FAST = ["--sampler", "dpm++", "--steps", "2", "--upsample-sampler", "dpm++-2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for part in ("base", "upsample", "base_inpaint", "upsample_inpaint", "clip"):
+        loaded = micro_model(part)
+        path = root / part / "model.pt"
+        save_model(
+            path,
+            loaded.model,
+            kind=loaded.kind,
+            options=loaded.options,
+            tokenizer="clip",
+            diffusion={
+                "steps": loaded.diffusion.steps,
+                "noise_schedule": loaded.diffusion.noise_schedule,
+            },
+            extra={"run_id": f"run-{part}"},
+        )
+        paths[part] = path.parent
+    return paths
+
+
+def test_sample_full_cascade_writes_grid_and_images_with_metadata(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "red.png"
+    args = ["sample", "--prompt", "a red circle", "--out", str(out), "-n", "2", "--seed", "3"]
+    models_args = [
+        "--base",
+        str(models["base"]),
+        "--upsampler",
+        str(models["upsample"] / "model.pt"),
+    ]
+    assert main([*args, *FAST, *models_args]) == 0
+    assert "wrote" in capsys.readouterr().out
+    singles = [tmp_path / "red_000.png", tmp_path / "red_001.png"]
+    with Image.open(out) as grid:
+        assert grid.size == (128, 64)  # two 64x64 upsampled images side by side
+        assert grid.text["prompt"] == "a red circle"
+    with Image.open(singles[1]) as img:
+        assert img.size == (64, 64) and img.mode == "RGB"
+        meta = img.text
+    assert meta["seed"] == "3" and meta["index"] == "1" and meta["sampler"] == "dpm++-2"
+    assert meta["upsample_sampler"] == "dpm++-2" and meta["guidance_scale"] == "3"
+    assert str(models["base"]) in meta["model_version"] and "run-base" in meta["model_version"]
+    assert "run-upsample" in meta["upsampler_version"]
+
+
+def test_sample_base_only_with_clip_guidance_and_empty_prompt(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "folder"
+    args = ["sample", "--prompt", "", "--out", str(out), "--base-only", "-n", "1"]
+    extra = ["--base", str(models["base"]), "--clip", str(models["clip"])]
+    clip = ["--clip-guidance-scale", "2", "--sampler", "ddim", "--steps", "2", "--no-progress"]
+    assert main([*args, *extra, *clip]) == 0
+    assert "unconditionally" in capsys.readouterr().err
+    with Image.open(out / "000.png") as img:
+        assert img.size == (32, 32) and img.text["clip_guidance_scale"] == "2"
+        assert img.text["prompt"] == "" and "upsample_sampler" not in img.text
+    assert (out / "grid.png").is_file()
+
+
+def test_inpaint_keeps_the_known_region(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(source).convert("RGBA").save(tmp_path / "in.png")  # other mode: converted
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:32] = 255  # keep the top half
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "painted.png"
+    args = ["inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png")]
+    args += ["--prompt", "a blue star", "--out", str(out), "-n", "1", *FAST]
+    args += ["--base", str(models["base_inpaint"]), "--upsampler", str(models["upsample_inpaint"])]
+    assert main(args) == 0
+    assert "RGBA" in capsys.readouterr().err
+    result = np.asarray(Image.open(tmp_path / "painted_000.png"))
+    assert result.shape == (64, 64, 3)
+    assert np.array_equal(result[:32], source[:32])
+    assert not np.array_equal(result[32:], source[32:])
+    # inverted mask: the bottom half is kept; base-only at 32x32 against the resized source
+    inv = tmp_path / "inv.png"
+    args_inv = [a if a != str(out) else str(inv) for a in args] + ["--invert-mask", "--base-only"]
+    assert main(args_inv) == 0
+    small = np.asarray(Image.open(tmp_path / "inv_000.png"))
+    resized = np.asarray(Image.fromarray(source).resize((32, 32), Image.Resampling.BICUBIC))
+    assert small.shape == (32, 32, 3) and np.array_equal(small[16:], resized[16:])
+
+
+def test_bad_input_gives_one_line_errors(
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = ["sample", "--prompt", "x", "--out", str(tmp_path / "o.png"), "--no-progress"]
+
+    def error(args: list[str]) -> str:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ": error: " in ln]
+        assert len(lines) == 1 and lines[0].startswith("glide "), err
+        assert "Traceback" not in err
+        return lines[0]
+
+    assert "not found" in error([*base, "--base", str(tmp_path / "nope")])
+    monkeypatch.setenv("GLIDE_OPENAI_DIR", str(tmp_path / "openai"))
+    msg = error([*base, "--base", "openai:base"])
+    assert "base.pt" in msg and str(tmp_path / "openai") in msg
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "unknown model URI" in error([*base, "--base", "models:/glide-base@champion"])
+    assert "unknown sampler" in error([*base, "--sampler", "euler"])
+    assert "dpm++" in error([*base, "--sampler", "dpm++", "--clip-guidance-scale", "1"])
+    inpaint = ["inpaint", "--prompt", "x", "--out", str(tmp_path / "p.png")]
+    assert "image" in error([*inpaint, "--image", str(tmp_path / "no.png"), "--mask", "m.png"])
+    (tmp_path / "text.png").write_text("not an image")
+    msg = error([*inpaint, "--image", str(tmp_path / "text.png"), "--mask", "m.png"])
+    assert "not a readable image" in msg
+    Image.new("L", (8, 8)).save(tmp_path / "m.png")
+    msg = error(
+        [*inpaint, "--image", str(tmp_path / "m.png"), "--mask", str(tmp_path / "m.png"),
+         "--base", str(models["base"]), "--base-only"]
+    )  # fmt: skip
+    assert "not an inpainting model" in msg
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("glide") or str(Path(sys.executable).with_name("glide"))
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "sample" in proc.stdout and "inpaint" in proc.stdout

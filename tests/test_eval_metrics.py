@@ -1,0 +1,98 @@
+"""CLIP score, oracle caption accuracy and the COCO-format reader, on files the tests write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from glide.data.shapes import make_example
+from glide.evaluation import (
+    NoisedCLIPScorer,
+    caption_accuracy,
+    clip_score,
+    is_builtin_caption,
+    is_single_object,
+    load_coco_captions,
+)
+from tests.test_sampling_support import micro_model, write_shapes_coco
+
+
+def test_clip_score_is_100_cosine() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    b = torch.tensor([[5.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
+    assert clip_score(a, b).tolist() == pytest.approx([100.0, 0.0, -100.0], abs=1e-4)
+
+
+def test_noised_clip_scorer_scores_each_image_against_its_caption() -> None:
+    clip = micro_model("clip")
+    scorer = NoisedCLIPScorer(clip.model, clip.tokenizer, text_ctx=clip.text_ctx)  # type: ignore[arg-type]
+    images = torch.randint(0, 256, (3, 3, 96, 96), dtype=torch.uint8)  # resized to 64 inside
+    captions = ["a red circle", "a blue star", ""]
+    scores = scorer.scores(images, captions, batch_size=2)
+    assert scores.shape == (3,) and bool((scores.abs() <= 100.0 + 1e-3).all())
+    img_f, txt_f = scorer.image_features(images), scorer.text_features(captions)
+    assert torch.allclose(scores, clip_score(img_f, txt_f), atol=1e-4)
+    assert not torch.allclose(txt_f[0], txt_f[1])
+    # the same image scored against a different caption changes the score
+    swapped = scorer.scores(images[:1], ["a blue star"])
+    assert float(swapped[0]) != pytest.approx(float(scores[0]), abs=1e-5)
+
+
+def test_caption_accuracy_with_the_oracle() -> None:
+    examples = [make_example(7, i, size=128) for i in range(12)]
+    images = [img for img, _, _ in examples]
+    captions = [cap for _, cap, _ in examples]
+    right = caption_accuracy(images, captions)
+    assert right.accuracy == 1.0 and right.mean_score == 1.0
+    assert right.n == 12 and right.n_single_object == sum(map(is_single_object, captions)) > 0
+    assert right.single_object_accuracy == 1.0
+    wrong = caption_accuracy(images, captions[1:] + captions[:1])
+    assert wrong.accuracy < 0.5 and wrong.mean_score < right.mean_score
+    assert set(right.as_dict()) == {"caption_accuracy", "caption_accuracy_single", "oracle_score"}
+
+
+def test_single_object_and_builtin_caption_detection() -> None:
+    assert is_single_object("a big red circle in the top left on a gray background")
+    assert not is_single_object("two red stars")
+    assert not is_single_object("a red circle above a blue star")
+    assert is_builtin_caption("a red circle above a blue star")
+    assert not is_builtin_caption("A man riding a wave on top of a surfboard.")
+    assert not is_single_object("A man riding a wave on top of a surfboard.")
+
+
+def test_coco_reader_samples_reproducibly(tmp_path: Path) -> None:
+    path = write_shapes_coco(tmp_path / "set", 12)
+    doc = json.loads(path.read_text())
+    doc["annotations"].append({"id": 99, "image_id": 2, "caption": "  a second caption "})
+    doc["images"].append({"id": 50, "file_name": "uncaptioned.png", "width": 1, "height": 1})
+    path.write_text(json.dumps(doc))
+    coco = load_coco_captions(path)
+    assert len(coco) == 12 and coco.captions[2][-1] == "a second caption"
+    first, again = coco.sample(4, seed=1), coco.sample(4, seed=1)
+    assert first == again and len({item.image_id for item in first}) == 4
+    assert any(coco.sample(4, seed=s) != first for s in (2, 3, 4))
+    assert len(coco.sample(0)) == len(coco.sample(100)) == 12
+    item = first[0]
+    assert item.caption in coco.captions[item.image_id]
+    assert item.load().mode == "RGB" and item.load().size == (64, 64)
+
+
+def test_coco_reader_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"captions\.json"):
+        load_coco_captions(tmp_path / "captions.json")
+    (tmp_path / "images").mkdir()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    with pytest.raises(ValueError, match="file_name"):
+        load_coco_captions(bad)
+    orphan = tmp_path / "orphan.json"
+    orphan.write_text(
+        json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 3, "caption": "x"}]})
+    )
+    with pytest.raises(ValueError, match="unknown image 3"):
+        load_coco_captions(orphan)
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        load_coco_captions(orphan, tmp_path / "missing")
