@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,28 @@ def _seed_everything() -> None:
         torch.manual_seed(0)
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_state() -> Iterator[None]:
+    """MLflow's fluent API caches the active run, experiment id and tracking URI per process;
+    each test brings its own store, so nothing may leak from one test into the next."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    yield
+    for key, value in saved.items():  # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    from mlflow.tracking import fluent
+
+    fluent._active_experiment_id = None
+    mlflow.set_tracking_uri(None)  # back to the default resolution (env var or default)
 
 
 def reference_dir() -> Path:

@@ -1,0 +1,82 @@
+"""DVC stage ``register``: trained models -> MLflow Model Registry versions, gated and aliased.
+
+    python pipelines/register.py [hydra overrides...]     # e.g. promotion.tolerance=0.1
+
+Reads ``models/<name>/model.pt`` (+ ``mlflow_run_id``) for each entry of ``promotion.models``,
+``metrics/evaluate.json`` and ``dvc.lock`` (lineage). Each export becomes a version of its
+registered model (once: re-running is a no-op) tagged with lineage and metrics; the gate in
+``conf/promotion`` gives it ``champion`` (the old one becomes ``previous``) or ``challenger``.
+Writes ``reports/register.json``; logs one MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from glide.config import compose, project_root
+from glide.tracking import tracked_run
+from glide.tracking.registry import (
+    ModelRegistry,
+    PromotionConfig,
+    RegistryError,
+    flatten_metrics,
+    lineage_tags,
+)
+
+
+def main(argv: list[str]) -> int:
+    cfg = compose("config", argv)
+    root = project_root()
+    config = PromotionConfig.from_dict(cfg["promotion"])
+    metrics_path = Path(config.metrics_file)
+    metrics = (
+        flatten_metrics(json.loads(metrics_path.read_text())) if metrics_path.is_file() else {}
+    )
+    if not metrics:
+        print(f"register: no evaluation metrics in {metrics_path}", file=sys.stderr)
+    with tracked_run(
+        root=root,
+        experiment=cfg["experiment"],
+        run_name="register",
+        params={"promotion": cfg["promotion"]},
+        tags={"stage": "register"},
+        uri=cfg["tracking_uri"],
+    ) as mlflow:
+        registry = ModelRegistry(mlflow.MlflowClient(), config)
+        report = {}
+        for name, model_dir in config.models.items():
+            if not (Path(model_dir) / "model.pt").is_file():
+                print(f"register: {name}: no {model_dir}/model.pt, skipped", file=sys.stderr)
+                continue
+            try:
+                result = registry.register(
+                    name=name,
+                    model_dir=model_dir,
+                    metrics=metrics,
+                    lineage=lineage_tags(root, model_dir),
+                    experiment=cfg["experiment"],
+                )
+            except RegistryError as exc:
+                print(f"register: {name}: {exc}", file=sys.stderr)
+                return 1
+            report[name] = result.as_dict()
+            mlflow.set_tag(f"version.{name}", result.version)
+            mlflow.log_metric(f"promoted.{name}", float(result.decision == "champion"))
+            state = "registered" if result.created else "already registered"
+            print(
+                f"register: {name} v{result.version} {state}: {result.decision} "
+                f"(champion: v{result.champion})"
+            )
+            for reason in result.reasons:
+                print(f"  {reason}")
+        out = Path(config.report_file)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        mlflow.log_artifact(str(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,265 @@
+"""The whole pipeline end to end in a temporary git repository, with real ``dvc``, on a micro
+config: ``dvc repro`` runs every stage, a second one is a no-op, a changed training parameter
+re-runs only that stage and its downstream, the registry holds lineage-tagged versions with a
+champion that ``glide sample`` loads, the gate keeps a worse candidate out, rollback works; the
+same against a real ``mlflow server``; ``dvc exp run -S`` with DVC's Hydra composition."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.test_registry import REPO_ROOT, template_db  # noqa: F401  (fixture)
+from tests.test_tracking_server import start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+STAGES = {
+    "prepare",
+    "train_base",
+    "train_upsampler",
+    "train_inpaint",
+    "train_clip",
+    "evaluate",
+    "register",
+}
+TRAIN = {
+    "max_steps": 2,
+    "max_time": 0,
+    "checkpoint_every": 2,
+    "log_every": 1,
+    "progress": False,
+    "log_mlflow_model": True,
+    "data.batch_size": 4,
+    "data.num_workers": 0,
+    "data.epoch_length": 64,
+    "data.shuffle_buffer": 8,
+    "data.val_batches": 0,
+    "sample.steps": 2,
+    "sample.prompts": ["a red circle", "a blue square"],
+}
+MICRO: dict[str, dict[str, Any]] = {
+    "config.yaml": {"prepare.num_workers": 1, "prepare.shard_size": 50, "prepare.progress": False},
+    "data/shapes.yaml": {"options.num_records": 120},
+    "train/base.yaml": TRAIN,
+    "train/upsampler.yaml": {"max_steps": 2, "checkpoint_every": 2, "data.batch_size": 2},
+    "train/inpaint.yaml": {"max_steps": 2, "checkpoint_every": 2},
+    "train/clip.yaml": {"max_steps": 2, "checkpoint_every": 2, "data.batch_size": 4},
+    "evaluate/default.yaml": {
+        "num_captions": 4,
+        "batch_size": 4,
+        "upsample_count": 1,
+        "upsample_sampler": "dpm++-2",
+        "fid.enabled": False,
+        "sweep.cfg_scales": [1, 3],
+        "sweep.sampler": "dpm++-2",
+        "sweep.clip_scales": [0, 1],
+        "sweep.clip_sampler": "ancestral-2",
+        "sweep.grid_images": 4,
+        "sampler_table.samplers": ["dpm++-2"],
+        "sampler_table.num_images": 2,
+    },
+}
+
+
+def set_keys(path: Path, values: dict[str, Any]) -> None:
+    """Set dotted keys in a YAML file (the micro config of the copy)."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in values.items():
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _env(tmp: Path, uri: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = uri
+    env.pop("GLIDE_CONF_DIR", None)
+    for who in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{who}_NAME"], env[f"GIT_{who}_EMAIL"] = "t", "t@t"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1800) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def project(dest: Path, env: dict[str, str]) -> Path:
+    """A fresh clone of the project with the micro config, committed, ``dvc init``-ed."""
+    for name in ("conf", "pipelines", "src"):
+        shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO_ROOT / name, dest / name)
+    for rel, values in MICRO.items():
+        set_keys(dest / "conf" / rel, values)
+    (dest / ".gitignore").write_text("mlflow.db\nmlartifacts/\n*.egg-info/\n")
+    run(["git", "init", "-q"], dest, env)
+    run(["dvc", "init", "-q"], dest, env)
+    run(["dvc", "config", "core.analytics", "false"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-qm", "micro project"], dest, env)
+    return dest
+
+
+def ran(stdout: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", stdout))
+
+
+def glide_sample(proj: Path, env: dict[str, str], model: str) -> Path:
+    out = proj / "sample.png"
+    run(
+        [
+            str(Path(sys.executable).with_name("glide")),
+            "sample",
+            "--prompt",
+            "a red circle",
+            "--base",
+            model,
+            "--base-only",
+            "-n",
+            "1",
+            "--sampler",
+            "dpm++",
+            "--steps",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        proj,
+        env,
+    )
+    return out
+
+
+def commands(proj: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "glide.tracking.commands", *args],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def check_pipeline(proj: Path, env: dict[str, str], uri: str) -> None:
+    import mlflow
+
+    first = run(["dvc", "repro"], proj, env)
+    assert ran(first) == STAGES
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())
+    assert set(lock["stages"]) >= STAGES
+
+    second = run(["dvc", "repro"], proj, env)
+    assert ran(second) == set(), second
+
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    head = run(["git", "rev-parse", "HEAD"], proj, env).strip()
+    for name, stage in (("glide-base", "train_base"), ("glide-clip", "train_clip")):
+        mv = client.get_model_version_by_alias(name, "champion")
+        assert str(mv.version) == "1"
+        assert mv.tags["lineage.git_commit"] == head
+        assert mv.tags["lineage.dvc_stage"] == stage
+        assert mv.tags["lineage.data"].startswith("data/shards")
+        assert "conf/train/base.yaml=" in mv.tags["lineage.config"]
+        assert client.get_run(mv.tags["lineage.train_run_id"]).info.run_name == stage
+        assert "metric.summary.cfg_best_scale" in mv.tags
+    for name in ("glide-upsampler", "glide-inpaint"):
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+    # one training parameter, and a gate no retrained model can pass: only train_clip and its
+    # downstream run; the new clip version is a challenger, nothing else gets a version
+    set_keys(proj / "conf/train/clip.yaml", {"max_steps": 3})
+    rules = yaml.safe_load((proj / "conf/promotion/default.yaml").read_text())["rules"]
+    rules[0].update(required=True, tolerance=-1.0)  # must beat the champion by 1.0
+    set_keys(proj / "conf/promotion/default.yaml", {"rules": rules})
+    third = run(["dvc", "repro"], proj, env)
+    assert ran(third) == {"train_clip", "evaluate", "register"}, third
+    report = json.loads((proj / "reports/register.json").read_text())
+    assert report["glide-clip"]["version"] == 2
+    assert report["glide-clip"]["decision"] == "challenger"
+    assert report["glide-base"] == {**report["glide-base"], "version": 1, "created": False}
+    assert str(client.get_model_version_by_alias("glide-clip", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("glide-clip", "challenger").version) == "2"
+    assert len(client.search_model_versions("name='glide-base'")) == 1
+
+    promote = commands(proj, env, "promote", "--model", "glide-clip", "--version", "2")
+    assert promote.returncode == 1 and "FAIL" in promote.stdout
+    forced = commands(proj, env, "promote", "--model", "glide-clip", "--version", "2", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert str(client.get_model_version_by_alias("glide-clip", "champion").version) == "2"
+    back = commands(proj, env, "promote", "--model", "glide-clip", "--rollback")
+    assert back.returncode == 0, back.stderr
+    assert str(client.get_model_version_by_alias("glide-clip", "champion").version) == "1"
+
+    sample = glide_sample(proj, env, "models:/glide-base@champion")
+    from PIL import Image
+
+    assert Image.open(sample).size[0] >= 64
+    compared = commands(proj, env, "compare", "--stage", "evaluate", "--report", "cmp.html")
+    assert compared.returncode == 0, compared.stderr
+    assert (proj / "cmp.html").is_file() and list((proj / "cmp_files").rglob("*.png"))
+
+
+def test_pipeline_end_to_end_sqlite(tmp_path: Path) -> None:
+    proj = tmp_path / "repo"
+    uri = f"sqlite:///{proj / 'mlflow.db'}"
+    env = _env(tmp_path, uri)
+    project(proj, env)
+    env.pop("MLFLOW_TRACKING_URI")  # the default store: sqlite:///<repo>/mlflow.db
+    check_pipeline(proj, env, uri)
+    assert (proj / "mlflow.db").is_file()
+
+
+def test_pipeline_end_to_end_mlflow_server(tmp_path: Path, template_db: Path) -> None:  # noqa: F811
+    proc, uri = start_server(tmp_path / "server", template_db)
+    try:
+        env = _env(tmp_path, uri)
+        proj = project(tmp_path / "repo", env)
+        check_pipeline(proj, env, uri)
+        assert not (proj / "mlflow.db").exists()  # everything went to the server
+    finally:
+        stop_server(proc)
+
+
+def test_dvc_experiments_with_hydra_composition(tmp_path: Path) -> None:
+    """``dvc exp run -S train.max_steps=3``: DVC composes conf/ with the override into
+    params.yaml (hydra.enabled), the experiment is recorded and ``dvc exp show`` lists it."""
+    proj = tmp_path / "repo"
+    env = _env(tmp_path, f"sqlite:///{proj / 'mlflow.db'}")
+    project(proj, env)
+    run(["dvc", "config", "hydra.enabled", "true"], proj, env)
+    run(["git", "add", "-A"], proj, env)
+    run(["git", "commit", "-qm", "hydra composition"], proj, env)
+    run(["dvc", "exp", "run", "-n", "baseline"], proj, env)
+    out = run(["dvc", "exp", "run", "-n", "steps3", "-S", "train.max_steps=3"], proj, env)
+    assert "steps3" in out
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    assert params["train"]["max_steps"] == 3 and params["promotion"]["models"]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], proj, env))
+    exps = {
+        e.get("name"): e["data"]
+        for rev in shown
+        for e in [rev, *[x for c in rev.get("experiments") or () for x in c["revs"]]]
+    }
+    assert {"baseline", "steps3"} <= set(exps)
+    data = exps["steps3"]
+    assert data["params"]["params.yaml"]["data"]["train"]["max_steps"] == 3
+    assert "metrics/evaluate.json" in data["metrics"]
+    assert data["metrics"]["metrics/evaluate.json"]["data"]["summary"]
