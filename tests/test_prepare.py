@@ -169,3 +169,35 @@ def test_kept_pixels_survive_unchanged(messy_folder: Path, tmp_path: Path) -> No
     data = by_key["folder-clean05"]["png"]
     ours = np.asarray(Image.open(io.BytesIO(data)))
     assert np.array_equal(ours, np.asarray(pattern_image(105, (128, 128))))
+
+
+def test_shapes_scrape_every_defect_caught_exactly(tmp_path: Path) -> None:
+    """On the built-in raw scrape, each planted defect is dropped under its own reason and
+    nothing else is dropped: the filters' counts equal the ground truth exactly."""
+    from collections import Counter
+
+    from glide.data.records import CONVERT_KINDS, DROP_KINDS
+    from glide.data.scrape import ScrapeConfig, make_raw_record
+    from glide.data.sources import ShapesSource
+
+    scrape = ScrapeConfig(seed=3, num_records=400, defect_fraction=0.45, convert_fraction=0.2)
+    truth = Counter(make_raw_record(scrape, i).defect for i in range(scrape.num_records))
+    cfg = PrepareConfig(
+        shards_dir=str(tmp_path / "shards"),
+        eval_dir=str(tmp_path / "eval"),
+        progress=False,
+        num_workers=1,
+    )
+    counts = run_part(ShapesSource(scrape), FilterConfig(), cfg, has_ground_truth=True)
+    assert set(truth) - {None} == set(DROP_KINDS) | set(CONVERT_KINDS)  # every kind planted
+    assert counts["dropped"] == {k: truth[k] for k in DROP_KINDS}
+    assert counts["kept"] == truth[None] + sum(truth[k] for k in CONVERT_KINDS)
+    stats = merge_parts(cfg)
+    for kind in DROP_KINDS:
+        assert stats["ground_truth"][kind] == {
+            "count": truth[kind],
+            "precision": 1.0,
+            "recall": 1.0,
+        }
+    for kind in (*CONVERT_KINDS, "clean"):
+        assert stats["ground_truth"][kind]["kept_rate"] == 1.0
