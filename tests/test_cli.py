@@ -73,7 +73,7 @@ def test_sample_base_only_with_clip_guidance_and_empty_prompt(
 ) -> None:
     out = tmp_path / "folder"
     args = ["sample", "--prompt", "", "--out", str(out), "--base-only", "-n", "1"]
-    extra = ["--base", str(models["base"]), "--clip", str(models["clip"])]
+    extra = ["--model", str(models["base"]), "--clip", str(models["clip"])]  # --base alias
     clip = ["--clip-guidance-scale", "2", "--sampler", "ddim", "--steps", "2", "--no-progress"]
     assert main([*args, *extra, *clip]) == 0
     assert "unconditionally" in capsys.readouterr().err

@@ -25,7 +25,9 @@ class CLIError(Exception):
 
 def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str) -> None:
     g = p.add_argument_group("models (a path, models:/<name>@<alias>, or openai:<name>)")
-    g.add_argument("--base", default=base, help=f"base model source (default: {base})")
+    g.add_argument(
+        "--base", "--model", dest="base", default=base, help=f"base model source (default: {base})"
+    )
     g.add_argument(
         "--upsampler", default=upsampler, help=f"upsampler source (default: {upsampler})"
     )
