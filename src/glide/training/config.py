@@ -113,7 +113,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto | ddp | fsdp | ... (Lightning strategy names)
     precision: str = "auto"  # auto: bf16-mixed where supported, else 32-true
     activation_checkpointing: bool = False
-    num_threads: int = 0  # torch CPU threads; 0: CPU cores minus data workers (>= 1)
+    num_threads: int = 0  # torch CPU threads; 0: every CPU core
     ema_decay: float = 0.995
     accumulate_grad_batches: int = 1
     log_every: int = 10
