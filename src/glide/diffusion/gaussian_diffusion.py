@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -377,6 +378,26 @@ class GaussianDiffusion:
             return tqdm(indices)
         return indices
 
+    def _loop(
+        self,
+        step: Callable[..., dict[str, Tensor]],
+        x: Tensor,
+        *,
+        step_noise: bool,
+        progress: bool,
+        generator: torch.Generator | None,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Run ``step(x, t, noise=...)`` from index T-1 down to 0, yielding each step's output."""
+        for i in self._indices(progress):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            noise = None
+            if step_noise:
+                noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            with torch.no_grad():
+                out = step(x, t, noise=noise)
+            yield out
+            x = out["sample"]
+
     def p_sample_loop_progressive(
         self,
         model: Model,
@@ -398,23 +419,16 @@ class GaussianDiffusion:
         with 0.997 this way); the per-step noise is left at unit scale, as in the release.
         ``generator`` seeds the initial and per-step noise.
         """
+        step = partial(
+            self.p_sample,
+            model,
+            clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn,
+            cond_fn=cond_fn,
+            model_kwargs=model_kwargs,
+        )
         x = self._initial_noise(model, shape, noise, noise_temperature, device, generator)
-        for i in self._indices(progress):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            step_noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            with torch.no_grad():
-                out = self.p_sample(
-                    model,
-                    x,
-                    t,
-                    clip_denoised=clip_denoised,
-                    denoised_fn=denoised_fn,
-                    cond_fn=cond_fn,
-                    model_kwargs=model_kwargs,
-                    noise=step_noise,
-                )
-            yield out
-            x = out["sample"]
+        yield from self._loop(step, x, step_noise=True, progress=progress, generator=generator)
 
     def p_sample_loop(self, model: Model, shape: Sequence[int], **kwargs: Any) -> Tensor:
         """The final sample [B, C, H, W] of :meth:`p_sample_loop_progressive` (same arguments)."""
@@ -438,28 +452,20 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
     ) -> Iterator[dict[str, Tensor]]:
         """DDIM sampling over every index of this process, yielding each :meth:`ddim_sample` output."""
+        step = partial(
+            self.ddim_sample,
+            model,
+            eta=eta,
+            clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn,
+            cond_fn=cond_fn,
+            model_kwargs=model_kwargs,
+        )
         x = self._initial_noise(model, shape, noise, noise_temperature, device, generator)
-        for i in self._indices(progress):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            step_noise = (
-                torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-                if eta != 0.0
-                else None
-            )
-            with torch.no_grad():
-                out = self.ddim_sample(
-                    model,
-                    x,
-                    t,
-                    eta=eta,
-                    clip_denoised=clip_denoised,
-                    denoised_fn=denoised_fn,
-                    cond_fn=cond_fn,
-                    model_kwargs=model_kwargs,
-                    noise=step_noise,
-                )
-            yield out
-            x = out["sample"]
+        # eta = 0 is deterministic: no per-step noise is drawn (the generator state is untouched).
+        yield from self._loop(
+            step, x, step_noise=eta != 0.0, progress=progress, generator=generator
+        )
 
     def ddim_sample_loop(self, model: Model, shape: Sequence[int], **kwargs: Any) -> Tensor:
         """The final sample [B, C, H, W] of :meth:`ddim_sample_loop_progressive` (same arguments)."""
