@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from glide.data.dedup import NearDupIndex
 from glide.data.filters import Checked, FilterConfig, RecordFilter
 from glide.data.records import CONVERT_KINDS, DROP_KINDS
-from glide.data.shards import CocoExporter, Sample, ShardWriter, split_of, write_coco
+from glide.data.shards import CocoExporter, Sample, ShardWriter, split_of, write_json
 from glide.data.sources import Source
 
 SPLITS = ("train", "val")
@@ -181,8 +180,8 @@ def run_part(
         counts["confusion"] = {k: dict(sorted(v.items())) for k, v in sorted(confusion.items())}
     part_doc = coco.document()
     # The part file is a DVC output: no wall-clock time in it, or re-runs would differ.
-    _write_json(_part_stats_path(cfg), counts)
-    _write_json(Path(cfg.eval_dir) / "parts" / f"part-{cfg.part_index:03d}.json", part_doc)
+    write_json(_part_stats_path(cfg), counts)
+    write_json(Path(cfg.eval_dir) / "parts" / f"part-{cfg.part_index:03d}.json", part_doc)
     return {**counts, "seconds": time.perf_counter() - start}
 
 
@@ -201,13 +200,6 @@ def _sample_meta(rec: Checked) -> dict[str, Any]:
 def _part_stats_path(cfg: PrepareConfig, part: int | None = None) -> Path:
     index = cfg.part_index if part is None else part
     return Path(cfg.shards_dir) / "stats" / f"part-{index:03d}.json"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def merge_parts(cfg: PrepareConfig, *, seconds: float | None = None) -> dict[str, Any]:
@@ -291,9 +283,8 @@ def _merge_coco(cfg: PrepareConfig) -> None:
                 {**ann, "id": len(annotations) + 1, "image_id": id_map[ann["image_id"]]}
             )
     info = {"description": "val split of the GLIDE data stage", "version": "1"}
-    write_coco(
-        eval_dir / "captions.json", {"info": info, "images": images, "annotations": annotations}
-    )
+    document = {"info": info, "images": images, "annotations": annotations}
+    write_json(eval_dir / "captions.json", document, indent=1)
 
 
 def contact_sheet(shard_paths: Sequence[Path], *, n: int = 64, tile: int = 96) -> Image.Image:

@@ -136,8 +136,10 @@ class CocoExporter:
         }
 
 
-def write_coco(path: Path, document: dict[str, Any]) -> None:
+def write_json(path: Path, obj: Any, *, indent: int = 2) -> None:
+    """Write ``obj`` as sorted, UTF-8 JSON through a temporary file (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n"
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
