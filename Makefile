@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean-venv ui
+.PHONY: run params test lint format bench clean-venv ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# params.yaml (what the stages' `params:` in dvc.yaml read) is conf/ composed: regenerated first so
+# it never goes stale; `dvc exp run -S key=value` rewrites it with the overrides itself.
+run: params
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+params: $(STAMP)
+	$(BIN)/python pipelines/params.py
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest

@@ -58,6 +58,36 @@ def _compose(config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
     return container  # type: ignore[return-value]
 
 
+PARAMS_FILE = "params.yaml"
+
+
+def params_yaml(config_name: str = "config", overrides: Sequence[str] = ()) -> str:
+    """The text DVC's Hydra composition (``hydra.enabled``) writes to ``params.yaml``: the tree
+    in :func:`find_conf_dir` composed, interpolations resolved, dumped by OmegaConf — byte for
+    byte what ``dvc exp run`` without ``-S`` writes (``dvc.utils.hydra.compose_and_dump``), so the
+    committed file never shows up as a spurious parameter change."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(find_conf_dir()), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return OmegaConf.to_yaml(cfg)
+
+
+def write_params(path: str | Path | None = None, *, check: bool = False) -> bool:
+    """Write :func:`params_yaml` to ``path`` (default: ``params.yaml`` beside ``conf/``), which
+    the ``params:`` of ``dvc.yaml`` read under plain ``dvc repro``. Returns whether the file was
+    already up to date; with ``check`` nothing is written."""
+    path = Path(path) if path is not None else project_root() / PARAMS_FILE
+    text = params_yaml()
+    fresh = path.is_file() and path.read_text(encoding="utf-8") == text
+    if not fresh and not check:
+        path.write_text(text, encoding="utf-8")
+    return fresh
+
+
 def to_dataclass(cls: type[T], section: dict[str, Any] | None) -> T:
     """Build ``cls`` from a config section, naming unknown keys instead of a bare TypeError."""
     section = dict(section or {})
@@ -96,7 +126,7 @@ def hydra_overrides(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> l
 
 
 def experiment_overrides(
-    root: str | Path, defaults: Mapping[str, Any], *, params_file: str = "params.yaml"
+    root: str | Path, defaults: Mapping[str, Any], *, params_file: str = PARAMS_FILE
 ) -> list[str]:
     """Inside ``dvc exp run`` (``$DVC_EXP_NAME`` set) with Hydra composition enabled, DVC writes
     the composed config with the ``-S`` overrides to ``params.yaml``; return those overrides
