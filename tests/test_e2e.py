@@ -99,18 +99,26 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1800) -> 
     return proc.stdout
 
 
+def regenerate_params(proj: Path, env: dict[str, str]) -> None:
+    """``make params``: params.yaml from the (edited) conf/ of the copy."""
+    run([sys.executable, "pipelines/params.py"], proj, env)
+
+
 def project(dest: Path, env: dict[str, str]) -> Path:
-    """A fresh clone of the project with the micro config, committed, ``dvc init``-ed."""
+    """A fresh clone of the project with the micro config (params.yaml regenerated from it),
+    committed, ``dvc init``-ed with the repository's .dvc/config (Hydra composition on)."""
     for name in ("conf", "pipelines", "src"):
         shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "params.yaml"):
         shutil.copy(REPO_ROOT / name, dest / name)
     for rel, values in MICRO.items():
         set_keys(dest / "conf" / rel, values)
+    regenerate_params(dest, env)
+    assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["max_steps"] == 2
     (dest / ".gitignore").write_text("mlflow.db\nmlartifacts/\n*.egg-info/\n")
     run(["git", "init", "-q"], dest, env)
     run(["dvc", "init", "-q"], dest, env)
-    run(["dvc", "config", "core.analytics", "false"], dest, env)
+    shutil.copy(REPO_ROOT / ".dvc" / "config", dest / ".dvc" / "config")
     run(["git", "add", "-A"], dest, env)
     run(["git", "commit", "-qm", "micro project"], dest, env)
     return dest
@@ -189,6 +197,7 @@ def check_pipeline(proj: Path, env: dict[str, str], uri: str) -> None:
     rules = yaml.safe_load((proj / "conf/promotion/default.yaml").read_text())["rules"]
     rules[0].update(required=True, tolerance=-1.0)  # must beat the champion by 1.0
     set_keys(proj / "conf/promotion/default.yaml", {"rules": rules})
+    regenerate_params(proj, env)  # as `make run` does: only the `promotion` section changes
     third = run(["dvc", "repro"], proj, env)
     assert ran(third) == {"train_clip", "evaluate", "register"}, third
     report = json.loads((proj / "reports/register.json").read_text())
@@ -240,26 +249,43 @@ def test_pipeline_end_to_end_mlflow_server(tmp_path: Path, template_db: Path) ->
 
 def test_dvc_experiments_with_hydra_composition(tmp_path: Path) -> None:
     """``dvc exp run -S train.max_steps=3``: DVC composes conf/ with the override into
-    params.yaml (hydra.enabled), the experiment is recorded and ``dvc exp show`` lists it."""
+    params.yaml (hydra.enabled in the committed .dvc/config), the ``params:`` of dvc.yaml re-run
+    exactly the stages reading ``train`` (all four training stages, with 3 steps each) and their
+    downstream, not ``prepare``; the experiment is recorded and ``dvc exp show`` lists it."""
     proj = tmp_path / "repo"
     env = _env(tmp_path, f"sqlite:///{proj / 'mlflow.db'}")
     project(proj, env)
-    run(["dvc", "config", "hydra.enabled", "true"], proj, env)
-    run(["git", "add", "-A"], proj, env)
-    run(["git", "commit", "-qm", "hydra composition"], proj, env)
-    run(["dvc", "exp", "run", "-n", "baseline"], proj, env)
+    assert run(["dvc", "config", "hydra.enabled"], proj, env).strip() == "true"
+    committed = (proj / "params.yaml").read_text()
+
+    baseline = run(["dvc", "exp", "run", "-n", "baseline"], proj, env)
+    assert ran(baseline) == STAGES, baseline
+    # DVC's own composition without -S is byte for byte the committed params.yaml
+    assert (proj / "params.yaml").read_text() == committed
+
     out = run(["dvc", "exp", "run", "-n", "steps3", "-S", "train.max_steps=3"], proj, env)
     assert "steps3" in out
+    assert ran(out) == STAGES - {"prepare"}, out
     params = yaml.safe_load((proj / "params.yaml").read_text())
     assert params["train"]["max_steps"] == 3 and params["promotion"]["models"]
+    for name in ("base", "upsampler", "inpaint", "clip"):  # -S train.x reaches every train stage
+        assert json.loads((proj / "models" / name / "summary.json").read_text())["step"] == 3
+
+    # on top of steps3: only the `evaluate` section changes, so only evaluate and register run
+    evalcap_args = ["-S", "train.max_steps=3", "-S", "evaluate.num_captions=6"]
+    evalcap = run(["dvc", "exp", "run", "-n", "evalcap", *evalcap_args], proj, env)
+    assert ran(evalcap) == {"evaluate", "register"}, evalcap
+
     shown = json.loads(run(["dvc", "exp", "show", "--json"], proj, env))
     exps = {
         e.get("name"): e["data"]
         for rev in shown
         for e in [rev, *[x for c in rev.get("experiments") or () for x in c["revs"]]]
     }
-    assert {"baseline", "steps3"} <= set(exps)
+    assert {"baseline", "steps3", "evalcap"} <= set(exps)
     data = exps["steps3"]
     assert data["params"]["params.yaml"]["data"]["train"]["max_steps"] == 3
     assert "metrics/evaluate.json" in data["metrics"]
     assert data["metrics"]["metrics/evaluate.json"]["data"]["summary"]
+    assert exps["baseline"]["params"]["params.yaml"]["data"]["train"]["max_steps"] == 2
+    assert exps["evalcap"]["params"]["params.yaml"]["data"]["evaluate"]["num_captions"] == 6

@@ -29,7 +29,7 @@ def _project_copy(dest: Path) -> Path:
     """A copy of what the stage reads, as in a fresh clone."""
     for name in ("conf", "pipelines", "src"):
         shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "params.yaml"):
         shutil.copy(REPO_ROOT / name, dest / name)
     return dest
 
@@ -107,14 +107,20 @@ def test_dvc_repro_is_reproducible_and_cached(tmp_path: Path) -> None:
             "GIT_COMMITTER_EMAIL": "t@t",
         }
     )
+    regen = subprocess.run(
+        [sys.executable, "pipelines/params.py"], cwd=proj, env=env, capture_output=True, text=True
+    )  # `make params`: the stage's `params:` read params.yaml
+    assert regen.returncode == 0, regen.stderr[-2000:]
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
     assert _dvc(["init", "-q"], proj, env).returncode == 0
-    _dvc(["config", "core.analytics", "false"], proj, env)
+    shutil.copy(REPO_ROOT / ".dvc" / "config", proj / ".dvc" / "config")
 
     # Only this stage: the training stages downstream are exercised by tests/test_e2e.py.
     first = _dvc(["repro", "prepare"], proj, env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     lock1 = yaml.safe_load((proj / "dvc.lock").read_text())
+    params = lock1["stages"]["prepare"]["params"]["params.yaml"]
+    assert params["data"]["options"]["num_records"] == 160 and "train" not in params
     second = _dvc(["repro", "prepare"], proj, env)
     assert second.returncode == 0
     assert "didn't change" in second.stdout or "up to date" in second.stdout.lower()
