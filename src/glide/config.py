@@ -46,13 +46,19 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> dict[
     return _compose(config_name, [*extra, *overrides])
 
 
-def _compose(config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
+def _hydra_compose(config_name: str, overrides: Sequence[str], version_base: str | None) -> Any:
+    """The ``DictConfig`` of ``conf/<config_name>.yaml`` with ``overrides`` (unresolved)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(find_conf_dir()), version_base=version_base):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def _compose(config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(find_conf_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    cfg = _hydra_compose(config_name, overrides, version_base="1.3")
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     return container  # type: ignore[return-value]
@@ -66,12 +72,9 @@ def params_yaml(config_name: str = "config", overrides: Sequence[str] = ()) -> s
     in :func:`find_conf_dir` composed, interpolations resolved, dumped by OmegaConf — byte for
     byte what ``dvc exp run`` without ``-S`` writes (``dvc.utils.hydra.compose_and_dump``), so the
     committed file never shows up as a spurious parameter change."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(find_conf_dir()), version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    cfg = _hydra_compose(config_name, overrides, version_base=None)  # as DVC initialises Hydra
     OmegaConf.resolve(cfg)
     return OmegaConf.to_yaml(cfg)
 
