@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from glide.models import load_preset
+from glide.models.nn import perturb_
 from glide.training import (
     EMA,
     ClipModule,
@@ -239,3 +240,21 @@ def test_init_from_smaller_inputs_rejects_mismatch() -> None:
 def test_step_seed_distinct() -> None:
     seeds = {step_seed(0, s, r) for s in range(100) for r in range(4)}
     assert len(seeds) == 400
+
+
+def test_caption_gain_is_zero_without_distinct_captions(shards: Path, tmp_path: Path) -> None:
+    """Right-vs-shuffled caption gain: 0 when shuffling changes nothing, nonzero otherwise."""
+    cfg = small_config(shards, tmp_path)
+    module = build(cfg)
+    batch = first_batch(cfg)
+    t = torch.full((batch["image"].shape[0],), 700)
+    with torch.no_grad():
+        perturb_(module.ema.model, std=0.05)  # a fresh U-Net outputs exactly zero
+    same = {
+        **batch,
+        "tokens": batch["tokens"][:1].expand_as(batch["tokens"]).clone(),
+        "mask": batch["mask"][:1].expand_as(batch["mask"]).clone(),
+    }
+    assert module.caption_gain(same, t).item() == 0.0
+    assert len(set(map(tuple, batch["tokens"].tolist()))) > 1
+    assert abs(module.caption_gain(batch, t).item()) > 1e-6
