@@ -7,16 +7,17 @@ step (forward + backward) and a sampling step (forward, no grad) under:
 - ``bf16``: ``torch.autocast`` to bfloat16;
 - ``sdpa``: ``F.scaled_dot_product_attention``;
 - ``channels_last``: NHWC memory format for weights and inputs;
-- ``compile``: ``torch.compile`` (with sdpa). Inductor builds the tiny U-Net's C++ kernels in
-  ~16 s on a 2-core CPU (the first training step); large presets only with ``--compile-big``,
-  which keeps the default run short;
+- ``compile``: ``torch.compile`` (with sdpa). Inductor's cold build of the tiny base's training
+  and sampling graphs took ~390 s on a 2-core CPU (a warm ``TORCHINDUCTOR_CACHE_DIR``: seconds);
+  the tiny upsampler's took over 8 minutes; large presets only with ``--compile-big``;
 - combinations joined by ``+``, e.g. ``bf16+channels_last``;
 
 and reports the achieved GFLOP/s, counting FLOPs with ``torch.utils.flop_counter``, plus, for every
 mode, the RMS error of its sampling-step output against float32 relative to the output's standard
-deviation (bf16 is accepted within ``BF16_TOLERANCE``; float32 modes should be ~1e-6).
+deviation (bf16 is accepted within ``BF16_TOLERANCE``; float32 modes should be ~1e-6), and the
+untimed first calls ("first s": warm-up, and for ``compile`` the build).
 
-    python benchmarks/model.py                      # every mode (several minutes on 2 cores)
+    python benchmarks/model.py                      # every mode (~20+ minutes on 2 cores)
     python benchmarks/model.py --presets filtered --compile-big
     python benchmarks/model.py --presets tiny --modes fp32,sdpa --reps 5
 """
@@ -122,14 +123,17 @@ def sample_step(fn: Callable[..., torch.Tensor], inputs: dict) -> None:
         fn(**inputs)
 
 
-def best_time(step: Callable[[], None], reps: int) -> float:
-    step()  # warm-up (and compilation)
+def best_time(step: Callable[[], None], reps: int) -> tuple[float, float]:
+    """(fastest of ``reps`` timed calls, the untimed first call: warm-up and compilation)."""
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(times), first
 
 
 def count_flops(case: Case) -> tuple[int, int]:
@@ -169,7 +173,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = (
         f"{'model':18s} {'mode':20s} {'train s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} "
-        f"{'sample s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} {'rel err':>8s}"
+        f"{'sample s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} {'rel err':>8s} {'first s':>8s}"
     )
     summary: list[str] = []
     for case in cases(args.presets.split(","), args.big_upsample_size):
@@ -200,7 +204,10 @@ def main() -> None:
                     with ctx():
                         sample_step(fn, inputs)
 
-                t_train, t_sample = best_time(run_train, reps), best_time(run_sample, reps)
+                (t_train, first_train), (t_sample, first_sample) = (
+                    best_time(run_train, reps),
+                    best_time(run_sample, reps),
+                )
                 if reference is None:
                     with torch.no_grad():
                         reference = fn(**inputs).float()
@@ -214,7 +221,7 @@ def main() -> None:
             print(
                 f"{case.name:18s} {mode:20s} {t_train:9.3f} {base[0] / t_train:7.2f} "
                 f"{train_flops / t_train / 1e9:8.1f} {t_sample:9.3f} {base[1] / t_sample:7.2f} "
-                f"{fwd_flops / t_sample / 1e9:8.1f} {err:8.1e}"
+                f"{fwd_flops / t_sample / 1e9:8.1f} {err:8.1e} {first_train + first_sample:8.1f}"
             )
         if speedups:
             best = max(speedups, key=speedups.__getitem__)
