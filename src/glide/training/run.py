@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -233,7 +234,11 @@ def train(
             logger.log_hyperparams(flatten_params(params))
         run_id_file.write_text(str(logger.run_id) + "\n")
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    with warnings.catch_warnings():
+        # The EMA copy is a submodule kept in eval mode on purpose (EMA.train); Lightning's
+        # "modules in eval mode" warning would only mislead users.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     step = trainer.global_step
     # A final checkpoint at the last step, so `resume` after completion is a no-op.
     trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt")
