@@ -5,10 +5,20 @@ Notation follows Ho et al. (2020) and Nichol & Dhariwal (2021): ``alpha_t = 1 - 
 integer indices ``t`` in ``0..T-1`` into this object's betas (index 0 is one noising step).
 
 The model is any callable ``model(x_t, t, **model_kwargs) -> [B, 2C, H, W]``: the first C channels
-predict ``eps``, the last C are the learned-range variance values ``v`` in [-1, 1] that
-interpolate, in log space, between the posterior variance ``beta~_t`` (v = -1) and ``beta_t``
-(v = +1). A respaced process (see :mod:`glide.diffusion.respace`) keeps a ``timestep_map`` and
-hands the model the original timesteps it was trained on.
+are its *prediction*, the last C the learned-range variance values in [-1, 1] that interpolate, in
+log space, between the posterior variance ``beta~_t`` (-1) and ``beta_t`` (+1). What the
+prediction means is the process's ``parametrization``:
+
+- ``"eps"``: the noise ``eps`` (GLIDE, and every released checkpoint);
+- ``"x0"``: the clean image ``x_0`` (ADM's ``predict_xstart``);
+- ``"v"``: the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0`` (Salimans & Ho, 2022),
+  x0-like at high noise and eps-like at low noise.
+
+With ``alpha_t = sqrt(abar_t)`` and ``sigma_t = sqrt(1 - abar_t)`` (so ``alpha^2 + sigma^2 = 1``):
+``x_0 = alpha x_t - sigma v`` and ``eps = sigma x_t + alpha v``. Every prediction is affine in the
+others for fixed ``(x_t, t)``, so guidance that extrapolates raw outputs (classifier-free) means
+the same thing in each. A respaced process (see :mod:`glide.diffusion.respace`) keeps a
+``timestep_map`` and hands the model the original timesteps it was trained on.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ from torch import Tensor
 
 from glide.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
-__all__ = ["CondFn", "DenoisedFn", "GaussianDiffusion", "Model"]
+__all__ = ["PARAMETRIZATIONS", "CondFn", "DenoisedFn", "GaussianDiffusion", "Model"]
+
+PARAMETRIZATIONS = ("eps", "x0", "v")
 
 Model = Callable[..., Tensor]
 """``model(x_t [B,C,H,W], t [B] int64, **model_kwargs) -> [B, 2C, H, W]``."""
@@ -35,10 +47,15 @@ DenoisedFn = Callable[[Tensor], Tensor]
 """Applied to every (clipped) ``x_0`` prediction before it is used, e.g. to paste known pixels."""
 
 
-def _gather(values: Tensor, t: Tensor, ndim: int) -> Tensor:
-    """``values[t]`` as float32 on ``t``'s device, shaped [B, 1, ..., 1] with ``ndim`` dims."""
-    out = values[t.cpu()].to(device=t.device, dtype=torch.float32)
-    return out.reshape(-1, *([1] * (ndim - 1)))
+def _gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """``values[t]`` shaped [B, 1, ..., 1] to broadcast against ``like``, on ``t``'s device.
+
+    float32 (what the release computes in), or float64 when ``like`` is float64, so that the
+    parametrization conversions can be checked exactly in double precision.
+    """
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    out = values[t.cpu()].to(device=t.device, dtype=dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 class _TimestepMappedModel:
@@ -59,6 +76,8 @@ class GaussianDiffusion:
         betas: [T] noise schedule, each in (0, 1].
         timestep_map: [T] original timesteps fed to the model for each index; ``None`` means the
             identity (an unspaced process).
+        parametrization: what the model's prediction channels are: ``"eps"`` (GLIDE), ``"x0"``
+            or ``"v"`` (see the module docstring).
     """
 
     def __init__(
@@ -66,7 +85,13 @@ class GaussianDiffusion:
         betas: Sequence[float] | np.ndarray | Tensor,
         *,
         timestep_map: Sequence[int] | None = None,
+        parametrization: str = "eps",
     ) -> None:
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"unknown parametrization {parametrization!r}; expected one of {PARAMETRIZATIONS}"
+            )
+        self.parametrization = parametrization
         b = torch.as_tensor(np.asarray(betas, dtype=np.float64))
         if b.ndim != 1 or not bool(((b > 0) & (b <= 1)).all()):
             raise ValueError("betas must be a 1-D array with values in (0, 1]")
@@ -109,53 +134,102 @@ class GaussianDiffusion:
     # -------------------------------------------------------------------------------- forward q
     def q_mean_variance(self, x_start: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and log-variance of ``q(x_t | x_0)``; mean [B,C,H,W], others [B,1,1,1]."""
-        n = x_start.ndim
-        mean = _gather(self.sqrt_alphas_cumprod, t, n) * x_start
+        mean = _gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
         return (
             mean,
-            _gather(1.0 - self.alphas_cumprod, t, n),
-            _gather(self.log_one_minus_alphas_cumprod, t, n),
+            _gather(1.0 - self.alphas_cumprod, t, x_start),
+            _gather(self.log_one_minus_alphas_cumprod, t, x_start),
         )
 
     def q_sample(self, x_start: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         """Draw ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; x_start, noise: [B,C,H,W]; t: [B]."""
         if noise is None:
             noise = torch.randn_like(x_start)
-        n = x_start.ndim
         return (
-            _gather(self.sqrt_alphas_cumprod, t, n) * x_start
-            + _gather(self.sqrt_one_minus_alphas_cumprod, t, n) * noise
+            _gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
         )
 
     def q_posterior_mean_variance(
         self, x_start: Tensor, x_t: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Mean [B,C,H,W], variance and clipped log-variance [B,1,1,1] of ``q(x_{t-1} | x_t, x_0)``."""
-        n = x_t.ndim
         mean = (
-            _gather(self.posterior_mean_coef1, t, n) * x_start
-            + _gather(self.posterior_mean_coef2, t, n) * x_t
+            _gather(self.posterior_mean_coef1, t, x_t) * x_start
+            + _gather(self.posterior_mean_coef2, t, x_t) * x_t
         )
         return (
             mean,
-            _gather(self.posterior_variance, t, n),
-            _gather(self.posterior_log_variance_clipped, t, n),
+            _gather(self.posterior_variance, t, x_t),
+            _gather(self.posterior_log_variance_clipped, t, x_t),
         )
 
     def predict_xstart_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """``x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
-        n = x_t.ndim
         return (
-            _gather(self.sqrt_recip_alphas_cumprod, t, n) * x_t
-            - _gather(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+            _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
         )
 
     def predict_eps_from_xstart(self, x_t: Tensor, t: Tensor, pred_xstart: Tensor) -> Tensor:
         """The ``eps`` that maps ``x_0`` to ``x_t`` (inverse of :meth:`predict_xstart_from_eps`)."""
-        n = x_t.ndim
-        return (_gather(self.sqrt_recip_alphas_cumprod, t, n) * x_t - pred_xstart) / _gather(
-            self.sqrt_recipm1_alphas_cumprod, t, n
+        return (_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart) / _gather(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
+
+    def predict_v(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0``, the v-parametrization's target."""
+        return (
+            _gather(self.sqrt_alphas_cumprod, t, x_start) * noise
+            - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+        )
+
+    def predict_xstart_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """``x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v``."""
+        return (
+            _gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
+            - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        )
+
+    def predict_xstart(self, x_t: Tensor, t: Tensor, prediction: Tensor) -> Tensor:
+        """The (unclipped) ``x_0`` implied by a model prediction under this parametrization."""
+        if self.parametrization == "eps":
+            return self.predict_xstart_from_eps(x_t, t, prediction)
+        if self.parametrization == "x0":
+            return prediction
+        return self.predict_xstart_from_v(x_t, t, prediction)
+
+    def prediction_target(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """What the model should predict for ``x_t = q_sample(x_start, t, noise)``."""
+        if self.parametrization == "eps":
+            return noise
+        if self.parametrization == "x0":
+            return x_start
+        return self.predict_v(x_start, t, noise)
+
+    def convert_prediction(
+        self, x_t: Tensor, t: Tensor, prediction: Tensor, *, source: str, target: str
+    ) -> Tensor:
+        """Re-express a ``source``-parametrized prediction at ``(x_t, t)`` as a ``target`` one."""
+        for name in (source, target):
+            if name not in PARAMETRIZATIONS:
+                raise ValueError(f"unknown parametrization {name!r}")
+        if source == target:
+            return prediction
+        alpha = _gather(self.sqrt_alphas_cumprod, t, x_t)
+        sigma = _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if source == "eps":
+            eps, x0 = prediction, (x_t - sigma * prediction) / alpha
+        elif source == "x0":
+            eps, x0 = (x_t - alpha * prediction) / sigma, prediction
+        else:
+            eps, x0 = sigma * x_t + alpha * prediction, alpha * x_t - sigma * prediction
+        return {"eps": eps, "x0": x0, "v": alpha * eps - sigma * x0}[target]
+
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio ``abar_t / (1 - abar_t)`` per index, float64 [B]."""
+        abar = self.alphas_cumprod[t.cpu()]
+        return (abar / (1.0 - abar)).to(t.device)
 
     # ------------------------------------------------------------------------------- reverse p
     def p_mean_variance_from_output(
@@ -167,24 +241,24 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         denoised_fn: DenoisedFn | None = None,
     ) -> dict[str, Tensor]:
-        """``p(x_{t-1} | x_t)`` from a raw model output [B, 2C, H, W] (eps, variance values).
+        """``p(x_{t-1} | x_t)`` from a raw model output [B, 2C, H, W] (prediction, variance values).
 
         ``pred_xstart`` is clipped to [-1, 1] when ``clip_denoised``, then passed through
         ``denoised_fn``. Returns ``mean``, ``variance``, ``log_variance``, ``pred_xstart``
-        (all [B, C, H, W]) and ``eps`` (the model's raw eps).
+        (all [B, C, H, W]) and ``prediction`` (the model's raw prediction channels).
         """
         c = x.shape[1]
         if model_output.shape != (x.shape[0], 2 * c, *x.shape[2:]):
             raise ValueError(
                 f"model output {tuple(model_output.shape)} is not [B, 2C, ...] for x {tuple(x.shape)}"
             )
-        eps, var_values = model_output[:, :c], model_output[:, c:]
-        min_log = _gather(self.posterior_log_variance_clipped, t, x.ndim)
-        max_log = _gather(self.log_betas, t, x.ndim)
+        prediction, var_values = model_output[:, :c], model_output[:, c:]
+        min_log = _gather(self.posterior_log_variance_clipped, t, x)
+        max_log = _gather(self.log_betas, t, x)
         frac = (var_values + 1) / 2
         log_variance = frac * max_log + (1 - frac) * min_log
 
-        pred_xstart = self.predict_xstart_from_eps(x, t, eps)
+        pred_xstart = self.predict_xstart(x, t, prediction)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         if denoised_fn is not None:
@@ -195,7 +269,7 @@ class GaussianDiffusion:
             "variance": torch.exp(log_variance),
             "log_variance": log_variance,
             "pred_xstart": pred_xstart,
-            "eps": eps,
+            "prediction": prediction,
         }
 
     def p_mean_variance(
@@ -227,7 +301,8 @@ class GaussianDiffusion:
     ) -> Tensor:
         """Sohl-Dickstein et al.'s guided mean ``mu + Sigma * grad_x log p(y | x_t)``."""
         grad = self.wrap_model(cond_fn)(x, t, **model_kwargs)
-        return out["mean"].float() + out["variance"] * grad.float()
+        dtype = torch.promote_types(out["mean"].dtype, torch.float32)  # float32 at least
+        return out["mean"].to(dtype) + out["variance"] * grad.to(dtype)
 
     def condition_score(
         self,
@@ -240,7 +315,7 @@ class GaussianDiffusion:
         """Song et al.'s score shift ``eps - sqrt(1 - abar_t) grad``, for the deterministic sampler."""
         grad = self.wrap_model(cond_fn)(x, t, **model_kwargs)
         eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
-        eps = eps - _gather(self.sqrt_one_minus_alphas_cumprod, t, x.ndim) * grad
+        eps = eps - _gather(self.sqrt_one_minus_alphas_cumprod, t, x) * grad
         new = dict(out)
         new["pred_xstart"] = self.predict_xstart_from_eps(x, t, eps)
         new["mean"], _, _ = self.q_posterior_mean_variance(new["pred_xstart"], x, t)
@@ -310,8 +385,8 @@ class GaussianDiffusion:
         if cond_fn is not None:
             out = self.condition_score(cond_fn, out, x, t, model_kwargs)
         eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
-        abar = _gather(self.alphas_cumprod, t, x.ndim)
-        abar_prev = _gather(self.alphas_cumprod_prev, t, x.ndim)
+        abar = _gather(self.alphas_cumprod, t, x)
+        abar_prev = _gather(self.alphas_cumprod_prev, t, x)
         sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar)) * torch.sqrt(1 - abar / abar_prev)
         mean = (
             out["pred_xstart"] * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev - sigma**2) * eps
@@ -344,7 +419,7 @@ class GaussianDiffusion:
         )
         eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
         abar_next = torch.cat([self.alphas_cumprod[1:], self.alphas_cumprod.new_zeros(1)])
-        a = _gather(abar_next, t, x.ndim)
+        a = _gather(abar_next, t, x)
         return {
             "sample": out["pred_xstart"] * torch.sqrt(a) + torch.sqrt(1 - a) * eps,
             "pred_xstart": out["pred_xstart"],
@@ -505,21 +580,26 @@ class GaussianDiffusion:
         *,
         model_kwargs: dict[str, Any] | None = None,
         noise: Tensor | None = None,
+        mse_weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The hybrid loss ``L_simple + L_vb`` of Nichol & Dhariwal for learned-range models.
 
-        ``mse`` is the eps regression error (mean over non-batch dims); ``vb`` is the bound term
-        in bits/dim with the eps prediction detached, so it trains only the variance, scaled by
-        ``T / 1000``; ``loss = mse + vb``. All three are [B]; x_start: [B, C, H, W], t: [B].
+        ``mse`` is the regression error of the prediction against :meth:`prediction_target`
+        (eps for GLIDE; mean over non-batch dims); ``vb`` is the bound term in bits/dim with the
+        prediction detached, so it trains only the variance, scaled by ``T / 1000``;
+        ``loss = mse_weight * mse + vb`` (``mse_weight`` [B], e.g. min-SNR, defaults to 1). All
+        are [B]; x_start: [B, C, H, W], t: [B].
         """
         if noise is None:
             noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise=noise)
         output = self.wrap_model(model)(x_t, t, **(model_kwargs or {}))
         c = x_t.shape[1]
-        eps = output[:, :c]
-        frozen = torch.cat([eps.detach(), output[:, c:]], dim=1)
+        prediction = output[:, :c]
+        frozen = torch.cat([prediction.detach(), output[:, c:]], dim=1)
         vb = self.vb_terms_bpd(frozen, x_start, x_t, t, clip_denoised=False)["output"]
         vb = vb * (self.num_timesteps / 1000.0)
-        mse = mean_flat((noise - eps) ** 2)
-        return {"mse": mse, "vb": vb, "loss": mse + vb}
+        target = self.prediction_target(x_start, t, noise)
+        mse = mean_flat((target - prediction) ** 2)
+        weighted = mse if mse_weight is None else mse * mse_weight.to(mse)
+        return {"mse": mse, "vb": vb, "loss": weighted + vb}

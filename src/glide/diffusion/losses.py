@@ -8,11 +8,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "LOSS_WEIGHTINGS",
     "approx_standard_normal_cdf",
     "discretized_gaussian_log_likelihood",
     "mean_flat",
+    "min_snr_weight",
     "normal_kl",
 ]
+
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
 def mean_flat(x: Tensor) -> Tensor:
@@ -53,3 +57,22 @@ def discretized_gaussian_log_likelihood(x: Tensor, *, means: Tensor, log_scales:
     return torch.where(
         x < -0.999, log_below_upper, torch.where(x > 0.999, log_above_lower, log_bin)
     )
+
+
+def min_snr_weight(snr: Tensor, gamma: float, parametrization: str) -> Tensor:
+    """Min-SNR-gamma weights (Hang et al., 2023) for a prediction MSE, [B] from SNRs [B].
+
+    The weight makes the loss equal ``min(SNR, gamma) * ||x_0 - x0_hat||^2`` whatever the model
+    predicts: ``min(SNR, gamma) / SNR`` for eps, ``min(SNR, gamma)`` for x0 and
+    ``min(SNR, gamma) / (SNR + 1)`` for v. Timesteps with little noise (huge SNR) stop dominating.
+    """
+    if gamma <= 0:
+        raise ValueError(f"min_snr gamma must be > 0, got {gamma}")
+    clipped = snr.clamp(max=gamma)
+    if parametrization == "eps":
+        return clipped / snr
+    if parametrization == "x0":
+        return clipped
+    if parametrization == "v":
+        return clipped / (snr + 1.0)
+    raise ValueError(f"unknown parametrization {parametrization!r}")

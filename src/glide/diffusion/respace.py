@@ -65,7 +65,13 @@ class SpacedDiffusion(GaussianDiffusion):
     ``cond_fn``\\s are called with ``timestep_map[t]``, the original timesteps.
     """
 
-    def __init__(self, use_timesteps: Iterable[int], betas: Sequence[float] | np.ndarray) -> None:
+    def __init__(
+        self,
+        use_timesteps: Iterable[int],
+        betas: Sequence[float] | np.ndarray,
+        *,
+        parametrization: str = "eps",
+    ) -> None:
         original = GaussianDiffusion(betas)
         kept = sorted(set(use_timesteps))
         if not kept or kept[0] < 0 or kept[-1] >= original.num_timesteps:
@@ -73,7 +79,7 @@ class SpacedDiffusion(GaussianDiffusion):
         abar = original.alphas_cumprod.numpy()[kept]
         abar_prev = np.concatenate([[1.0], abar[:-1]])
         self.original_num_steps = original.num_timesteps
-        super().__init__(1.0 - abar / abar_prev, timestep_map=kept)
+        super().__init__(1.0 - abar / abar_prev, timestep_map=kept, parametrization=parametrization)
 
 
 def create_gaussian_diffusion(
@@ -81,9 +87,13 @@ def create_gaussian_diffusion(
     steps: int = 1000,
     noise_schedule: str = "squaredcos_cap_v2",
     timestep_respacing: str | Sequence[int] = "",
+    parametrization: str = "eps",
 ) -> GaussianDiffusion:
-    """The release's process: ``steps`` betas of ``noise_schedule``, respaced when asked."""
+    """The release's process: ``steps`` betas of ``noise_schedule``, respaced when asked, for a
+    model with the given ``parametrization`` (``"eps"``: GLIDE's)."""
     betas = get_named_beta_schedule(noise_schedule, steps)
     if not timestep_respacing:
-        return GaussianDiffusion(betas)
-    return SpacedDiffusion(space_timesteps(steps, timestep_respacing), betas)
+        return GaussianDiffusion(betas, parametrization=parametrization)
+    return SpacedDiffusion(
+        space_timesteps(steps, timestep_respacing), betas, parametrization=parametrization
+    )

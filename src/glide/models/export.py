@@ -9,7 +9,8 @@ Format (a plain ``dict`` written by :func:`torch.save`, readable with ``weights_
       "options": {...},                # release-style options: from_openai_options(options), or
                                        # clip_from_openai_options(options) for kind "clip"
       "tokenizer": {"name": "clip", "path": None},   # glide.text.get_tokenizer(name, path)
-      "diffusion": {"steps": 1000, "noise_schedule": "squaredcos_cap_v2"},  # {} for clip
+      "diffusion": {"steps": 1000, "noise_schedule": "squaredcos_cap_v2",
+                    "parametrization": "eps"},   # eps | x0 | v (absent: eps); {} for clip
       "extra": {...},                  # free-form primitives: training step, losses, run id, ...
       "state_dict": {name: tensor},    # the weights (the EMA weights for trained models)
     }

@@ -103,6 +103,7 @@ def _diffusion_from_meta(meta: dict[str, Any]) -> DiffusionSpec:
     return DiffusionSpec(
         steps=int(d.get("steps", d.get("diffusion_steps", 1000))),
         noise_schedule=str(d.get("noise_schedule", "squaredcos_cap_v2")),
+        parametrization=str(d.get("parametrization", "eps")),  # files before v2 of the recipe
     )
 
 

@@ -44,10 +44,11 @@ _DEFAULT_STEPS = {"ancestral": 100, "fast27": 27, "ddim": 50, "dpm++": 20}
 
 @dataclass(frozen=True)
 class DiffusionSpec:
-    """The trained process a model expects: its length and beta schedule."""
+    """The trained process a model expects: its length, beta schedule and what it predicts."""
 
     steps: int = 1000
     noise_schedule: str = "squaredcos_cap_v2"
+    parametrization: str = "eps"  # eps (GLIDE, every released model) | x0 | v
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def sampler_diffusion(spec: DiffusionSpec, sampler: SamplerSpec) -> GaussianDiff
         steps=spec.steps,
         noise_schedule=spec.noise_schedule,
         timestep_respacing=_respacing(spec, sampler),
+        parametrization=spec.parametrization,
     )
 
 
