@@ -10,6 +10,7 @@ the filter stage's per-kind precision and recall can be measured directly.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 
 from glide.data.blocklist import DEFAULT_BLOCKLIST_DIR, load_blocklist
 from glide.data.records import CONVERT_KINDS, DROP_KINDS, RawRecord
-from glide.data.shapes import caption_scene, make_example, sample_scene
+from glide.data.shapes import World, caption_scene, make_example, sample_scene
 
 SOURCE = "shapes"
 _DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
@@ -83,7 +84,7 @@ class ScrapeConfig:
     jpeg_quality: int = 90
     blocklist_terms: tuple[str, ...] = field(default_factory=_default_terms)
     defect_weights: dict[str, float] | None = None
-    max_objects: int = 3
+    world: World = field(default_factory=World)  # which scenes (default: the full world)
     duplicate_window: int = 32
 
     def __post_init__(self) -> None:
@@ -99,6 +100,8 @@ class ScrapeConfig:
         if unknown:
             raise ValueError(f"unknown defect kinds in defect_weights: {sorted(unknown)}")
         self.blocklist_terms = tuple(self.blocklist_terms)
+        if isinstance(self.world, Mapping):  # from a Hydra config section
+            self.world = World(**self.world)
 
 
 def _group_probs(cfg: ScrapeConfig, kinds: tuple[str, ...]) -> np.ndarray:
@@ -143,9 +146,11 @@ def _encode(img: Image.Image, fmt: str, quality: int, **kwargs: object) -> bytes
     return buf.getvalue()
 
 
-def _long_caption(seed: int, index: int, caption: str, rng: np.random.Generator) -> str:
+def _long_caption(
+    seed: int, index: int, caption: str, rng: np.random.Generator, world: World
+) -> str:
     # Paraphrases of the same scene: long but otherwise clean (no blocklisted words).
-    scene = sample_scene(seed, index)
+    scene = sample_scene(seed, index, world=world)
     target = int(rng.integers(1001, 2500))
     parts = [caption]
     while len(". ".join(parts)) <= target:
@@ -173,7 +178,7 @@ def make_raw_record(cfg: ScrapeConfig, index: int) -> RawRecord:
         meta["duplicate_of"] = orig.key
         caption = orig.caption
         if rng.random() < 0.5:
-            scene = sample_scene(cfg.seed, original, max_objects=cfg.max_objects)
+            scene = sample_scene(cfg.seed, original, world=cfg.world)
             caption = caption_scene(scene, rng)
         if kind == "exact_duplicate":
             return RawRecord(key, orig.image_bytes, caption, SOURCE, orig.ext, meta, kind)
@@ -189,9 +194,7 @@ def make_raw_record(cfg: ScrapeConfig, index: int) -> RawRecord:
         data = _encode(img, "jpeg", quality)
         return RawRecord(key, data, caption, SOURCE, ".jpg", meta, kind)
 
-    img, caption, _ = make_example(
-        cfg.seed, index, size=cfg.image_size, max_objects=cfg.max_objects
-    )
+    img, caption, _ = make_example(cfg.seed, index, size=cfg.image_size, world=cfg.world)
 
     if kind is None:
         data = _encode(img, fmt, cfg.jpeg_quality)
@@ -221,7 +224,7 @@ def make_raw_record(cfg: ScrapeConfig, index: int) -> RawRecord:
         caption = _WHITESPACE_CAPTIONS[int(rng.integers(len(_WHITESPACE_CAPTIONS)))]
     elif kind == "caption_too_long":
         data = _encode(img, fmt, cfg.jpeg_quality)
-        caption = _long_caption(cfg.seed, index, caption, rng)
+        caption = _long_caption(cfg.seed, index, caption, rng, cfg.world)
     elif kind == "blocklist":
         data = _encode(img, fmt, cfg.jpeg_quality)
         term = cfg.blocklist_terms[int(rng.integers(len(cfg.blocklist_terms)))]

@@ -81,19 +81,90 @@ class Scene:
 
 
 SeedLike = int | Sequence[int]
+# The oracle's small/large boundary (radius as a fraction of a cell): geometric mean of the two.
+_SMALL_LARGE_SPLIT = math.sqrt(SIZE_FRACTION["small"] * SIZE_FRACTION["large"])
+
+
+@dataclass(frozen=True)
+class World:
+    """Which scenes the world draws: the full world by default, or an easier mix.
+
+    Objects per scene are uniform in ``[min_objects, max_objects]``; shapes, colours (never the
+    background's), sizes, backgrounds and grid cells (``row * 3 + col``) are drawn uniformly from
+    the given subsets. ``object_scale`` draws every object that much bigger (more pixels per
+    shape at a low resolution); beyond what keeps sizes apart and objects inside their cells it
+    needs ``sizes=[large]`` and single objects in the centre cell, where the oracle still reads
+    the scene right (bigger than large is large, the centroid stays in its cell). The default
+    draws exactly what the world always drew, so a default ``(seed, index)`` gives the same
+    example as before the options existed.
+    """
+
+    max_objects: int = 3
+    min_objects: int = 1
+    shapes: tuple[str, ...] = SHAPES
+    colors: tuple[str, ...] = tuple(COLORS)
+    sizes: tuple[str, ...] = SIZES
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
+    cells: tuple[int, ...] = tuple(range(9))
+    object_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, values, known in (
+            ("shapes", self.shapes, SHAPES),
+            ("colors", self.colors, tuple(COLORS)),
+            ("sizes", self.sizes, SIZES),
+            ("backgrounds", self.backgrounds, tuple(BACKGROUNDS)),
+            ("cells", self.cells, tuple(range(9))),
+        ):
+            object.__setattr__(self, name, tuple(values))
+            unknown = [v for v in values if v not in known]
+            if not values or unknown:
+                raise ValueError(f"world {name} must be a non-empty subset of {known}: {unknown}")
+        if not 1 <= self.min_objects <= self.max_objects <= len(self.cells):
+            raise ValueError(
+                f"need 1 <= min_objects <= max_objects <= {len(self.cells)} cells, got "
+                f"{self.min_objects}..{self.max_objects}"
+            )
+        for bg in self.backgrounds:
+            if all(c == bg for c in self.colors):
+                raise ValueError(f"no object colour differs from the {bg} background")
+        s = self.object_scale
+        # Objects reach ~1.05 radius; a "large" radius is 0.4 cell, a "small" one 0.25.
+        if not 0.5 <= s <= 3.5:
+            raise ValueError(f"object_scale must be in [0.5, 3.5], got {s}")
+        if s * SIZE_FRACTION["small"] >= _SMALL_LARGE_SPLIT and "small" in self.sizes:
+            raise ValueError(f"at object_scale {s} small objects look large: use sizes=[large]")
+        if s * SIZE_FRACTION["large"] * 1.05 > 0.5 and (self.cells != (4,) or self.max_objects > 1):
+            raise ValueError(
+                f"at object_scale {s} objects overflow their cell: use one object (max_objects=1) "
+                "in the centre cell (cells=[4])"
+            )
+
+    @property
+    def is_full(self) -> bool:
+        return self == World()
 
 
 def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, stream])
 
 
-def sample_scene(seed: int, index: int, *, max_objects: int = 3) -> Scene:
-    """Sample the scene of example ``index`` (deterministic in ``(seed, index)``)."""
+def sample_scene(
+    seed: int, index: int, *, max_objects: int | None = None, world: World | None = None
+) -> Scene:
+    """Sample the scene of example ``index`` (deterministic in ``(seed, index)``).
+
+    ``world`` restricts what is drawn (default: the full world); ``max_objects`` overrides its
+    object count bound.
+    """
+    world = world or World()
+    if max_objects is not None:
+        world = World(**{**world.__dict__, "max_objects": max_objects})
     rng = _rng(seed, index, 0)
-    background = str(rng.choice(list(BACKGROUNDS)))
-    colors = [c for c in COLORS if c != background]
-    n = int(rng.integers(1, max_objects + 1))
-    cells = rng.choice(9, size=n, replace=False)
+    background = str(rng.choice(list(world.backgrounds)))
+    colors = [c for c in world.colors if c != background]
+    n = int(rng.integers(world.min_objects, world.max_objects + 1))
+    cells = rng.choice(np.asarray(world.cells), size=n, replace=False)
     # Repeat the first object's shape+colour now and then so count captions ("two blue squares")
     # occur often enough to be learned.
     repeat = n > 1 and rng.random() < 0.3
@@ -102,8 +173,8 @@ def sample_scene(seed: int, index: int, *, max_objects: int = 3) -> Scene:
         if repeat and i > 0 and rng.random() < 0.8:
             shape, color = objects[0].shape, objects[0].color
         else:
-            shape, color = str(rng.choice(SHAPES)), str(rng.choice(colors))
-        size = str(rng.choice(SIZES))
+            shape, color = str(rng.choice(world.shapes)), str(rng.choice(colors))
+        size = str(rng.choice(world.sizes))
         objects.append(ShapeObject(shape, color, size, int(cell) // 3, int(cell) % 3))
     return Scene(tuple(objects), background)
 
@@ -236,6 +307,17 @@ def caption_scene(scene: Scene, rng: np.random.Generator) -> str:
     return text
 
 
+def describe_scene(scene: Scene) -> str:
+    """One canonical caption naming every object's size, colour, shape and cell, and the
+    background: "a large red circle in the top left and a small blue star in the center on a
+    black background" (objects in reading order). The oracle parses it like any caption."""
+    phrases = []
+    for obj in sorted(scene.objects, key=lambda o: (o.row, o.col)):
+        words = f"{obj.size} {obj.color} {obj.shape}"
+        phrases.append(f"{_article(words)} {words} in the {position_name(obj.row, obj.col)}")
+    return f"{_join(phrases)} on {_article(scene.background)} {scene.background} background"
+
+
 # ----------------------------------------------------------------------------------------------
 # Rendering
 
@@ -329,12 +411,17 @@ def _background(name: str, size: int, rng: np.random.Generator | None) -> Image.
 
 
 def render_scene(
-    scene: Scene, size: int = 256, *, jitter_seed: SeedLike | None = None
+    scene: Scene,
+    size: int = 256,
+    *,
+    jitter_seed: SeedLike | None = None,
+    object_scale: float = 1.0,
 ) -> Image.Image:
     """Render ``scene`` anti-aliased as a ``size`` x ``size`` RGB image.
 
     Without ``jitter_seed`` the render is canonical (no jitter); with one, the jitter is drawn
-    from ``np.random.default_rng(jitter_seed)``.
+    from ``np.random.default_rng(jitter_seed)``. ``object_scale`` enlarges every object (see
+    :class:`World`).
     """
     rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
     jit = _jitter(rng, len(scene.objects))
@@ -343,7 +430,7 @@ def render_scene(
     for obj, (dx, dy, rot, dc) in zip(scene.objects, jit, strict=True):
         cx = (obj.col + 0.5 + dx) * cell
         cy = (obj.row + 0.5 + dy) * cell
-        radius = SIZE_FRACTION[obj.size] * cell * SHAPE_SCALE[obj.shape]
+        radius = SIZE_FRACTION[obj.size] * cell * SHAPE_SCALE[obj.shape] * object_scale
         ext = radius * 1.5 + 2  # square corners reach sqrt(2) * half-side
         box = (
             max(0, math.floor(cx - ext)),
@@ -365,10 +452,16 @@ def to_base_resolution(img: Image.Image, size: int = BASE_RESOLUTION) -> Image.I
 
 
 def make_example(
-    seed: int, index: int, *, size: int = 256, max_objects: int = 3
+    seed: int,
+    index: int,
+    *,
+    size: int = 256,
+    max_objects: int | None = None,
+    world: World | None = None,
 ) -> tuple[Image.Image, str, Scene]:
     """Example ``index`` of the ``shapes`` dataset: (jittered render, caption, scene)."""
-    scene = sample_scene(seed, index, max_objects=max_objects)
+    world = world or World()
+    scene = sample_scene(seed, index, max_objects=max_objects, world=world)
     caption = caption_scene(scene, _rng(seed, index, 1))
-    img = render_scene(scene, size, jitter_seed=[seed, index, 2])
+    img = render_scene(scene, size, jitter_seed=[seed, index, 2], object_scale=world.object_scale)
     return img, caption, scene
