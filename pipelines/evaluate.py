@@ -49,12 +49,21 @@ def _overrides(argv: list[str]) -> list[str]:
 
 
 def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics: ``cfg.3.attributes_single.color``, ``cfg.3.caption_accuracy_ci95.lo``..."""
     out: dict[str, float] = {}
-    for method in ("cfg", "clip", "samplers"):
-        for key, values in metrics.get(method, {}).items():
-            for name, value in values.items():
-                out[f"{method}.{key}.{name}".replace("+", "p")] = float(value)
-    out.update({f"summary.{k}": float(v) for k, v in metrics.get("summary", {}).items()})
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}", sub)
+        elif isinstance(value, list | tuple) and len(value) == 2:  # a 95% interval
+            walk(f"{prefix}.lo", value[0])
+            walk(f"{prefix}.hi", value[1])
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[prefix.replace("+", "p")] = float(value)
+
+    for section in ("cfg", "clip", "samplers", "inpaint", "noised_clip", "summary"):
+        walk(section, metrics.get(section, {}))
     return out
 
 
@@ -75,7 +84,8 @@ def main(argv: list[str]) -> int:
         base = load_model_source(config.base, **load)
         upsampler = load_model_source(config.upsampler, **load) if config.upsampler else None
         clip = load_model_source(config.clip, **load) if config.clip else None
-        result = Evaluator(config, base=base, upsampler=upsampler, clip=clip).run()
+        inpaint = load_model_source(config.inpaint, **load) if config.inpaint else None
+        result = Evaluator(config, base=base, upsampler=upsampler, clip=clip, inpaint=inpaint).run()
         metrics = result.metrics_json()
 
         METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +98,10 @@ def main(argv: list[str]) -> int:
         REPORTS_DIR.mkdir(parents=True, exist_ok=True)
         for stale in REPORTS_DIR.glob("*.png"):
             stale.unlink()
-        for point in result.points:
-            name = f"{point.method}_{point.key}".replace("+", "p")
+        extra = [result.inpaint] if result.inpaint is not None else []
+        for point in [*result.points, *extra]:
+            name = point.method if point.method == "inpaint" else f"{point.method}_{point.key}"
+            name = name.replace("+", "p")
             path = REPORTS_DIR / f"{name}.png"
             point.grid.save(path)
             mlflow.log_artifact(str(path), artifact_path="grids")

@@ -51,7 +51,15 @@ def test_caption_accuracy_with_the_oracle() -> None:
     assert right.single_object_accuracy == 1.0
     wrong = caption_accuracy(images, captions[1:] + captions[:1])
     assert wrong.accuracy < 0.5 and wrong.mean_score < right.mean_score
-    assert set(right.as_dict()) == {"caption_accuracy", "caption_accuracy_single", "oracle_score"}
+    assert set(right.as_dict()) == {
+        "caption_accuracy",
+        "caption_accuracy_ci95",
+        "caption_accuracy_single",
+        "caption_accuracy_single_ci95",
+        "attributes_single",
+        "attributes_single_ci95",
+        "oracle_score",
+    }
 
 
 def test_single_object_and_builtin_caption_detection() -> None:
@@ -96,3 +104,81 @@ def test_coco_reader_errors_name_the_problem(tmp_path: Path) -> None:
         load_coco_captions(orphan)
     with pytest.raises(FileNotFoundError, match="image folder"):
         load_coco_captions(orphan, tmp_path / "missing")
+
+
+def test_wilson_interval() -> None:
+    from glide.evaluation.captions import wilson_interval
+
+    lo, hi = wilson_interval(32, 64)
+    assert lo == pytest.approx(0.3809, abs=1e-3) and hi == pytest.approx(0.6191, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(64, 64)[0] > 0.94  # 64 of 64 right: at least ~94% with 95% confidence
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_attribute_verdicts_name_what_failed() -> None:
+    from glide.data.shapes import Scene, ShapeObject, render_scene
+    from glide.evaluation.captions import judge
+
+    img = render_scene(Scene((ShapeObject("star", "red", "large", 0, 2),), "black"), 128)
+    ok = judge(img, "a large red star in the top right on a black background")
+    assert ok.matched and ok.failed is None and ok.label == "ok"
+    assert ok.attributes == dict.fromkeys(
+        ("color", "shape", "size", "position", "background"), True
+    )
+    wrong_colour = judge(img, "a blue star in the top right")
+    assert wrong_colour.attributes == {"color": False, "shape": True, "position": True}
+    assert wrong_colour.failed == "color" and not wrong_colour.matched
+    wrong_place = judge(img, "a small red star in the bottom left")
+    assert wrong_place.attributes == {
+        "color": True,
+        "shape": True,
+        "size": False,
+        "position": False,
+    }
+    assert wrong_place.failed == "size"
+    # a caption naming no background is scored against the world's when it has only one
+    unnamed = judge(img, "a red star", world_background="white")
+    assert unnamed.attributes["background"] is False and unnamed.matched  # exact: named only
+    assert "background" not in judge(img, "a red star").attributes
+    multi = judge(img, "a red star and a blue circle")
+    assert not multi.single and multi.failed == "object 2" and multi.attributes == {}
+
+
+def test_caption_accuracy_reports_attributes_and_intervals() -> None:
+    from glide.data.shapes import World
+
+    world = World(max_objects=1)
+    examples = [make_example(9, i, size=128, world=world) for i in range(8)]
+    images = [img for img, _, _ in examples]
+    captions = [cap for _, cap, _ in examples]
+    right = caption_accuracy(images, captions).as_dict()
+    assert right["caption_accuracy_single"] == 1.0
+    assert set(right["attributes_single"]) >= {"color", "shape"}
+    assert all(v == 1.0 for v in right["attributes_single"].values())
+    lo, hi = right["caption_accuracy_single_ci95"]
+    assert 0.6 < lo < 1.0 and hi == pytest.approx(1.0)
+    shuffled = caption_accuracy(images, captions[1:] + captions[:1]).as_dict()
+    assert shuffled["attributes_single"]["color"] < 1.0
+    assert shuffled["caption_accuracy_single_ci95"][0] < lo
+
+
+def test_inpaint_tasks_replace_one_object_and_score_edits() -> None:
+    import random
+
+    from glide.data.shapes import Scene, ShapeObject, render_scene
+    from glide.evaluation.inpaint import inpaint_scores, make_inpaint_task
+
+    scene = Scene((ShapeObject("circle", "red", "large", 1, 1),), "black")
+    task = make_inpaint_task(render_scene(scene, 256), 64, random.Random(0))
+    assert task is not None
+    new = task.target
+    assert (new.row, new.col, new.size) == (1, 1, "large")
+    assert new.shape != "circle" and new.color not in ("red", "black")
+    assert task.caption == f"a large {new.color} {new.shape} in the center on a black background"
+    assert float(task.mask.mean()) == pytest.approx(1 - (43 - 21) ** 2 / 64**2)  # one cell erased
+    edited = render_scene(Scene((new,), "black"), 256).resize((64, 64))
+    found, preserved = inpaint_scores([task, task], [edited, task.image])
+    assert found == [True, False]  # the asked object is there / the old one is not it
+    assert preserved > 0.99

@@ -65,12 +65,18 @@ def test_evaluate_stage_end_to_end(
     monkeypatch.setenv("GLIDE_CONF_DIR", str(tmp_path / "conf"))
     monkeypatch.chdir(tmp_path)
     captions = write_shapes_coco(tmp_path / "set", 6, size=128)
-    for part, name in (("base", "base"), ("upsample", "upsampler"), ("clip", "clip")):
+    parts = (("base", "base"), ("upsample", "upsampler"), ("clip", "clip"))
+    for part, name in (*parts, ("base_inpaint", "inpaint")):
         _save(micro_model(part), tmp_path / "models" / name / "model.pt")
     overrides = [
         f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"evaluate.captions={captions}",
         "evaluate.num_captions=3",
+        "evaluate.min_single_object=0",
+        "evaluate.inpaint_eval.num_images=3",
+        "evaluate.inpaint_eval.sampler=dpm++-2",
+        "evaluate.clip_retrieval.candidates=3",
+        "evaluate.clip_retrieval.timesteps=[0,25]",
         "evaluate.batch_size=3",
         "evaluate.upsample_count=1",
         "evaluate.upsample_at=[cfg:3]",
@@ -98,6 +104,18 @@ def test_evaluate_stage_end_to_end(
     assert 0.0 <= point["caption_accuracy"] <= 1.0 and point["fd_clip"] >= 0.0
     assert metrics["info"]["builtin_set"] and metrics["info"]["num_captions"] == 3
     assert "cfg_best_scale" in metrics["summary"]
+    lo, hi = point["caption_accuracy_ci95"]
+    assert 0.0 <= lo <= point["caption_accuracy"] <= hi <= 1.0
+    if "caption_accuracy_single" in point:
+        assert set(point["attributes_single"]) >= {"color", "shape"}
+    inpaint = metrics["inpaint"]
+    assert inpaint["n"] == 3 and 0.0 <= inpaint["inpaint_accuracy"] <= 1.0
+    # the known pixels are pasted into every x0 prediction: outside the mask nothing moves
+    assert inpaint["inpaint_preserved"] > 0.99
+    assert metrics["summary"]["inpaint_preserved"] == inpaint["inpaint_preserved"]
+    retrieval = metrics["noised_clip"]
+    assert retrieval["n"] == 3 and retrieval["candidates"] == 3
+    assert {"retrieval_top1_t0", "retrieval_top1_t25"} <= set(retrieval)
 
     rows = list(csv.DictReader((tmp_path / "plots" / "guidance.csv").open()))
     assert [(r["method"], r["scale"]) for r in rows] == [
@@ -109,9 +127,11 @@ def test_evaluate_stage_end_to_end(
     with Image.open(tmp_path / "plots" / "guidance_pareto.png") as img:
         assert img.size[0] > img.size[1] > 100
     with Image.open(tmp_path / "reports" / "evaluate" / "cfg_3.png") as img:
-        assert img.size == (64, 64)  # the one upsampled image
+        assert img.size == (128, 128 + 48)  # the one upsampled image, labelled
     with Image.open(tmp_path / "reports" / "evaluate" / "cfg_1.png") as img:
-        assert img.size == (64, 64)  # three 32x32 base images in a 2x2 grid
+        assert img.size == (256, 2 * (128 + 48))  # three labelled tiles in a 2x2 grid
+    with Image.open(tmp_path / "reports" / "evaluate" / "inpaint.png") as img:
+        assert img.size == (6 * 128, 128 + 48)  # known pixels and result, per edit
     assert (tmp_path / "reports" / "evaluate" / "sampler_dpmpp-3.png").is_file()
 
     import mlflow
@@ -120,5 +140,7 @@ def test_evaluate_stage_end_to_end(
     (run,) = mlflow.search_runs(experiment_names=["glide"], output_format="list")
     assert run.data.tags["stage"] == "evaluate" and "unavailable.fid" in run.data.tags
     assert run.data.metrics["cfg.3.caption_accuracy"] == point["caption_accuracy"]
+    assert run.data.metrics["cfg.3.caption_accuracy_ci95.hi"] == hi
+    assert run.data.metrics["inpaint.inpaint_accuracy"] == inpaint["inpaint_accuracy"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"evaluate.json", "guidance.csv", "guidance_pareto.png", "grids"} <= artifacts

@@ -8,8 +8,15 @@ generates one image per caption with the cascade and measures:
   available offline; *not* FID and not comparable to it);
 - ``clip_score``: mean ``100 * cos`` of image and caption (noised CLIP, or open_clip);
 - ``caption_accuracy`` / ``caption_accuracy_single`` / ``oracle_score``: the ``shapes`` oracle,
-  when every sampled caption is in its grammar (the built-in set);
+  when every sampled caption is in its grammar (the built-in set), each with a 95% interval
+  (``*_ci95``), and ``attributes_single``: the accuracy of each attribute (colour, shape, size,
+  position, background) on single-object captions;
 - ``seconds_per_image``.
+
+Besides the sweeps: ``inpaint`` (an inpainting model replaces one object of each val scene; see
+:mod:`glide.evaluation.inpaint`) and ``noised_clip`` (top-1 caption retrieval of the noised CLIP
+among ``candidates`` captions at each of ``timesteps``). Every grid labels each tile with its
+caption and the oracle's verdict.
 
 Metrics are computed on the final images when every sample is upsampled
 (``upsample_count < 0``), else on the base samples (the real images are resized to match); the
@@ -20,6 +27,7 @@ through the upsampler for their grids.
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,19 +40,39 @@ from PIL import Image
 from torch import Tensor
 
 from glide.config import to_dataclass
-from glide.evaluation.captions import caption_accuracy, is_builtin_caption, is_single_object
+from glide.data.oracle import parse_background
+from glide.data.shapes import to_base_resolution
+from glide.evaluation.captions import (
+    Verdict,
+    caption_accuracy,
+    is_builtin_caption,
+    is_single_object,
+    wilson_interval,
+)
 from glide.evaluation.clip_score import CLIPScorer, NoisedCLIPScorer, OpenCLIPScorer
 from glide.evaluation.coco import CaptionedImage, load_coco_captions
 from glide.evaluation.frechet import InceptionFID, frechet_distance
+from glide.evaluation.inpaint import InpaintTask, inpaint_scores, make_inpaint_task
 from glide.models import NoisedCLIP
-from glide.sampling import Cascade, GenerationConfig, LoadedModel, image_grid, parse_sampler, to_pil
+from glide.sampling import (
+    Cascade,
+    GenerationConfig,
+    InpaintInputs,
+    LoadedModel,
+    parse_sampler,
+    to_pil,
+)
+from glide.sampling.cascade import clip_tokens
+from glide.sampling.io import labelled_grid
 
 __all__ = [
+    "CLIPRetrievalConfig",
     "CLIPScoreConfig",
     "EvaluateConfig",
     "EvaluationResult",
     "Evaluator",
     "FIDConfig",
+    "InpaintEvalConfig",
     "PointResult",
     "SamplerTableConfig",
     "SweepConfig",
@@ -86,17 +114,40 @@ class SamplerTableConfig:
 
 
 @dataclass(frozen=True)
+class InpaintEvalConfig:
+    """Replace one object per val scene with the inpainting model (built-in set only)."""
+
+    enabled: bool = True
+    num_images: int = 64
+    guidance_scale: float = 3.0
+    sampler: str = "dpm++-15"
+    tolerance: int = 8  # levels of 255 a kept pixel may move (JPEG noise)
+    grid_images: int = 16
+
+
+@dataclass(frozen=True)
+class CLIPRetrievalConfig:
+    """Top-1 caption retrieval of the noised CLIP on val images noised to each timestep."""
+
+    enabled: bool = True
+    candidates: int = 32  # captions competing for each image (its own among them)
+    timesteps: tuple[int, ...] = (0, 500)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Everything the evaluate stage reads (``conf/evaluate/*.yaml``)."""
 
     captions: str = "data/eval/val/captions.json"
     image_dir: str | None = None  # default: images/ beside the captions file
     num_captions: int = 64
+    min_single_object: int = 0  # built-in set: add single-object captions up to this many
     seed: int = 0
     batch_size: int = 32
     base: str = "models/base"
     upsampler: str | None = "models/upsampler"
     clip: str | None = "models/clip"
+    inpaint: str | None = None  # inpainting model for the inpainting evaluation
     tokenizer_path: str | None = None
     upsample_count: int = 4  # per sweep point; < 0: all (metrics then at the upsampler's size)
     upsample_at: tuple[str, ...] = ()  # sweep points to upsample, e.g. ("cfg:3",); (): all
@@ -108,6 +159,8 @@ class EvaluateConfig:
     clip_score: CLIPScoreConfig = field(default_factory=CLIPScoreConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     sampler_table: SamplerTableConfig = field(default_factory=SamplerTableConfig)
+    inpaint_eval: InpaintEvalConfig = field(default_factory=InpaintEvalConfig)
+    clip_retrieval: CLIPRetrievalConfig = field(default_factory=CLIPRetrievalConfig)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> EvaluateConfig:
@@ -117,6 +170,8 @@ class EvaluateConfig:
             "clip_score": CLIPScoreConfig,
             "sweep": SweepConfig,
             "sampler_table": SamplerTableConfig,
+            "inpaint_eval": InpaintEvalConfig,
+            "clip_retrieval": CLIPRetrievalConfig,
         }
         flat = dict(section)
         for key, sub in types.items():
@@ -140,12 +195,19 @@ class EvaluationResult:
     points: list[PointResult]
     unavailable: dict[str, str]
     info: dict[str, Any]
+    inpaint: PointResult | None = None
+    noised_clip: dict[str, Any] = field(default_factory=dict)
 
     def metrics_json(self) -> dict[str, Any]:
-        """``{"cfg": {scale: metrics}, "clip": {...}, "samplers": {...}, "summary": ...}``."""
+        """``{"cfg": {scale: metrics}, "clip": {...}, "samplers": {...}, "inpaint": {...},
+        "noised_clip": {...}, "summary": ..., "unavailable": ..., "info": ...}``."""
         out: dict[str, Any] = {"cfg": {}, "clip": {}, "samplers": {}}
         for p in self.points:
             out["samplers" if p.method == "sampler" else p.method][p.key] = p.metrics
+        if self.inpaint is not None:
+            out["inpaint"] = self.inpaint.metrics
+        if self.noised_clip:
+            out["noised_clip"] = dict(self.noised_clip)
         out["summary"] = summarize(out)
         out["unavailable"] = dict(self.unavailable)
         out["info"] = dict(self.info)
@@ -157,8 +219,10 @@ def _scale_key(scale: float) -> str:
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, float]:
-    """Best scale per guidance method by caption accuracy (else CLIP score) and the gain in
-    caption accuracy of classifier-free guidance over unguided sampling (scale 1)."""
+    """Best scale per guidance method by caption accuracy (else CLIP score), the gain in
+    caption accuracy of classifier-free guidance over unguided sampling (scale 1), the same for
+    single-object exact match with its best point's attributes, and the inpainting and
+    noised-CLIP headline numbers."""
     out: dict[str, float] = {}
     for method in ("cfg", "clip"):
         points = metrics.get(method) or {}
@@ -187,6 +251,23 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
         out["clip_gain_caption_accuracy"] = (
             out["clip_best_caption_accuracy"] - clip["0"]["caption_accuracy"]
         )
+    singles = {k: v for k, v in cfg.items() if "caption_accuracy_single" in v}
+    if singles:
+        best = max(singles, key=lambda s: singles[s]["caption_accuracy_single"])
+        out["cfg_best_single_scale"] = float(best)
+        out["cfg_best_single_accuracy"] = singles[best]["caption_accuracy_single"]
+        for attr, value in (singles[best].get("attributes_single") or {}).items():
+            out[f"cfg_best_single_{attr}"] = value
+        if "1" in singles:
+            out["cfg_gain_caption_accuracy_single"] = (
+                out["cfg_best_single_accuracy"] - singles["1"]["caption_accuracy_single"]
+            )
+    for key in ("inpaint_accuracy", "inpaint_preserved"):
+        if key in (metrics.get("inpaint") or {}):
+            out[key] = metrics["inpaint"][key]
+    for key, value in (metrics.get("noised_clip") or {}).items():
+        if key.startswith("retrieval_top1_t") and not key.endswith("_ci95"):
+            out[f"clip_{key}"] = value
     return out
 
 
@@ -218,6 +299,7 @@ class Evaluator:
         base: LoadedModel,
         upsampler: LoadedModel | None = None,
         clip: LoadedModel | None = None,
+        inpaint: LoadedModel | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.config = config
@@ -225,22 +307,30 @@ class Evaluator:
         self.clip = clip
         self.log = log
         self.unavailable: dict[str, str] = {}
-        items = load_coco_captions(config.captions, config.image_dir).sample(
-            config.num_captions, config.seed
-        )
+        coco = load_coco_captions(config.captions, config.image_dir)
+        items = coco.sample(config.num_captions, config.seed)
         if len(items) < 2:
             raise ValueError(f"{config.captions} has fewer than two captioned images")
+        self.builtin = all(is_builtin_caption(item.caption) for item in items)
+        if self.builtin and config.min_single_object > 0:
+            items = _with_single_objects(items, coco.sample(0, config.seed + 1), config)
         self.items = items
         self.captions = [item.caption for item in items]
-        self.builtin = all(is_builtin_caption(c) for c in self.captions)
         if not self.builtin:
             self.unavailable["caption_accuracy"] = "captions are not from the built-in shapes set"
+        self.inpaint_model = inpaint
         all_up = config.upsample_count < 0 and upsampler is not None
         self.upsample_count = len(items) if all_up else max(0, config.upsample_count)
         if upsampler is None:
             self.upsample_count = 0
         self.metric_size = upsampler.image_size if all_up and upsampler else base.image_size
         self.real = _load_real(items, self.metric_size)
+        # "The world's background": scored on captions that name none when every val image
+        # shares one (an easier world with a single background).
+        self.world_background: str | None = None
+        if self.builtin:
+            seen = {parse_background(to_base_resolution(item.load())) for item in items}
+            self.world_background = seen.pop() if len(seen) == 1 else None
 
         self.features: NoisedCLIPScorer | None = None
         self.scorer: CLIPScorer | None = None
@@ -291,9 +381,13 @@ class Evaluator:
         size = self.config.batch_size
         return torch.cat([self.features.image_features(b) for b in _batches(images, size)])
 
-    def measure(self, images: Tensor, captions: Sequence[str], real: Tensor) -> dict[str, float]:
-        """Metrics of uint8 images [N, 3, H, W] against their captions and real images."""
-        metrics: dict[str, float] = {}
+    def measure(
+        self, images: Tensor, captions: Sequence[str], real: Tensor
+    ) -> tuple[dict[str, Any], list[Verdict]]:
+        """Metrics of uint8 images [N, 3, H, W] against their captions and real images, and the
+        oracle's verdict per image (empty outside the built-in set)."""
+        metrics: dict[str, Any] = {}
+        verdicts: list[Verdict] = []
         if self.features is not None:
             fake_f = self._features(images)
             real_f = self.real_features if real is self.real else self._features(real)
@@ -306,8 +400,18 @@ class Evaluator:
             if outcome.value is not None:
                 metrics["fid"] = outcome.value
         if self.builtin:
-            metrics.update(caption_accuracy(to_pil(images), captions).as_dict())
-        return metrics
+            acc = caption_accuracy(to_pil(images), captions, world_background=self.world_background)
+            metrics.update(acc.as_dict())
+            verdicts = list(acc.verdicts)
+        return metrics, verdicts
+
+    def grid(self, images: Tensor, captions: Sequence[str], verdicts: Sequence[Verdict]) -> Any:
+        """The first ``grid_images`` images, each labelled with its caption and verdict."""
+        k = min(self.config.sweep.grid_images, images.shape[0])
+        pil = to_pil(images[:k])
+        if not verdicts:
+            return labelled_grid(pil, list(captions[:k]))
+        return labelled_grid(pil, list(captions[:k]), verdicts=[v.label for v in verdicts[:k]])
 
     def run_point(self, method: str, key: str, gen: GenerationConfig, n: int) -> PointResult:
         """Generate ``n`` images for the first ``n`` captions and measure them."""
@@ -331,12 +435,109 @@ class Evaluator:
             if n == len(self.items)
             else _resize_uint8(self.real[:n], metric_images.shape[-1])
         )
-        metrics = self.measure(metric_images, captions, real)
+        metrics, verdicts = self.measure(metric_images, captions, real)
         metrics["seconds_per_image"] = seconds
-        grid = image_grid(to_pil(finals[: self.config.sweep.grid_images]))
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+        grid = self.grid(finals, captions, verdicts)
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
         self.log(f"evaluate: {method} {key}: {summary}")
         return PointResult(method=method, key=key, metrics=metrics, grid=grid)
+
+    def run_inpaint(self) -> PointResult | None:
+        """Replace one object per val scene with the inpainting model and score the edits."""
+        c, model = self.config.inpaint_eval, self.inpaint_model
+        if model is None or not c.enabled:
+            return None
+        if not self.builtin:
+            self.unavailable["inpaint"] = "inpainting is scored on the built-in shapes set only"
+            return None
+        rng = random.Random(self.config.seed)
+        size = model.image_size
+        tasks: list[InpaintTask] = []
+        for item in self.items:
+            task = make_inpaint_task(item.load(), size, rng)
+            if task is not None:
+                tasks.append(task)
+            if len(tasks) == c.num_images:
+                break
+        if not tasks:
+            self.unavailable["inpaint"] = "the oracle found no object to replace in the val images"
+            return None
+        image = torch.cat([_pil_tensor(t.image) for t in tasks])
+        mask = torch.stack([t.mask for t in tasks])
+        inputs = InpaintInputs(image, mask, image, mask)
+        gen = self._generation(guidance_scale=c.guidance_scale, sampler=parse_sampler(c.sampler))
+        start = time.perf_counter()
+        out = Cascade(model, device=self.config.device).generate(
+            [t.caption for t in tasks], gen, inpaint=inputs
+        )
+        seconds = (time.perf_counter() - start) / len(tasks)
+        images = to_pil(out.base)
+        found, preserved = inpaint_scores(tasks, images, tolerance=c.tolerance)
+        hits, n = sum(found), len(found)
+        metrics: dict[str, Any] = {
+            "inpaint_accuracy": hits / n,
+            "inpaint_accuracy_ci95": list(wilson_interval(hits, n)),
+            "inpaint_preserved": preserved,
+            "n": n,
+            "seconds_per_image": seconds,
+        }
+        k = min(c.grid_images, n)
+        known = [
+            Image.fromarray((np.asarray(t.image) * t.mask[0].numpy()[..., None]).astype(np.uint8))
+            for t in tasks[:k]
+        ]
+        tiles = [im for pair in zip(known, images[:k], strict=True) for im in pair]
+        labels = [text for t in tasks[:k] for text in (f"asked: {t.label}", t.caption)]
+        verdicts = [v for ok in found[:k] for v in ("known pixels", "ok" if ok else "x missing")]
+        grid = labelled_grid(tiles, labels, verdicts=verdicts, cols=min(8, len(tiles)))
+        self.log(
+            f"evaluate: inpaint: accuracy={hits / n:.3f} ({hits}/{n}), preserved={preserved:.4f}"
+        )
+        return PointResult(method="inpaint", key="inpaint", metrics=metrics, grid=grid)
+
+    @torch.no_grad()
+    def run_clip_retrieval(self) -> dict[str, Any]:
+        """Top-1 caption retrieval among ``candidates`` captions at each timestep (val images)."""
+        c, clip = self.config.clip_retrieval, self.clip
+        if clip is None or not c.enabled or not isinstance(clip.model, NoisedCLIP):
+            return {}
+        groups = [
+            self.items[i : i + c.candidates]
+            for i in range(0, len(self.items) - c.candidates + 1, c.candidates)
+        ]
+        if not groups:
+            self.unavailable["noised_clip"] = (
+                f"retrieval needs at least {c.candidates} val captions, have {len(self.items)}"
+            )
+            return {}
+        model = clip.model
+        device = next(model.parameters()).device
+        size = clip.image_size
+        generator = torch.Generator().manual_seed(self.config.seed)
+        out: dict[str, Any] = {"candidates": c.candidates, "n": len(groups) * c.candidates}
+        for t in c.timesteps:
+            hits = 0
+            for group in groups:
+                x0 = _load_real(group, size).float() / 127.5 - 1.0
+                noise = torch.randn(x0.shape, generator=generator)
+                tt = torch.full((x0.shape[0],), int(t), dtype=torch.long)
+                abar = clip_alphas_cumprod(clip)[tt].float()[:, None, None, None]
+                x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+                img = model.image_encoder(x_t.to(device), tt.to(device))
+                tokens, lens = clip_tokens(
+                    clip.tokenizer, [g.caption for g in group], clip.text_ctx
+                )
+                txt = model.text_encoder(tokens.to(device), lens.to(device))
+                sims = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
+                hits += int((sims.argmax(dim=1).cpu() == torch.arange(len(group))).sum())
+            out[f"retrieval_top1_t{t}"] = hits / out["n"]
+            out[f"retrieval_top1_t{t}_ci95"] = list(wilson_interval(hits, out["n"]))
+        self.log(
+            "evaluate: noised CLIP retrieval: "
+            + ", ".join(f"t={t}: {out[f'retrieval_top1_t{t}']:.3f}" for t in c.timesteps)
+            + f" (chance {1 / c.candidates:.3f})"
+        )
+        return out
 
     def run(self) -> EvaluationResult:
         """The classifier-free sweep, the CLIP-guidance sweep, then the sampler table."""
@@ -362,8 +563,11 @@ class Evaluator:
             spec = parse_sampler(name)
             gen = self._generation(guidance_scale=table.guidance_scale, sampler=spec)
             points.append(self.run_point("sampler", spec.label, gen, m))
+        inpaint_point = self.run_inpaint()
+        retrieval = self.run_clip_retrieval()
         info = {
             "num_captions": n,
+            "world_background": self.world_background,
             "metric_resolution": self.metric_size,
             "builtin_set": self.builtin,
             "n_single_object": sum(is_single_object(cap) for cap in self.captions),
@@ -372,4 +576,43 @@ class Evaluator:
             "clip": self.clip.version if self.clip else None,
             "clip_score_backend": c.clip_score.backend,
         }
-        return EvaluationResult(points=points, unavailable=dict(self.unavailable), info=info)
+        return EvaluationResult(
+            points=points,
+            unavailable=dict(self.unavailable),
+            info=info,
+            inpaint=inpaint_point,
+            noised_clip=retrieval,
+        )
+
+
+def _with_single_objects(
+    items: list[CaptionedImage], pool: list[CaptionedImage], config: EvaluateConfig
+) -> list[CaptionedImage]:
+    """``items`` plus single-object captions of other images (``pool`` order) until there are
+    ``config.min_single_object`` of them, or the set runs out."""
+    have = sum(is_single_object(item.caption) for item in items)
+    used = {item.image_id for item in items}
+    extra = []
+    for item in pool:
+        if have >= config.min_single_object:
+            break
+        if item.image_id not in used and is_single_object(item.caption):
+            extra.append(item)
+            have += 1
+    return items + extra
+
+
+def _pil_tensor(image: Image.Image) -> Tensor:
+    """RGB PIL image -> [1, 3, H, W] in [-1, 1]."""
+    arr = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32))
+    return arr.permute(2, 0, 1)[None] / 127.5 - 1.0
+
+
+def clip_alphas_cumprod(clip: LoadedModel) -> Tensor:
+    """``abar_t`` of the process the noised CLIP was trained on (GLIDE's cosine by default)."""
+    from glide.diffusion import create_gaussian_diffusion
+
+    spec = clip.diffusion
+    return create_gaussian_diffusion(
+        steps=spec.steps, noise_schedule=spec.noise_schedule
+    ).alphas_cumprod

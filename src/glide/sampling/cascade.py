@@ -68,12 +68,24 @@ class CascadeOutput:
 
 @dataclass
 class InpaintInputs:
-    """Known image in [-1, 1] and mask (1 = keep) at the base and upsampler resolutions."""
+    """Known image in [-1, 1] and mask (1 = keep) at the base and upsampler resolutions: one
+    row shared by every prompt, or one row per prompt."""
 
-    image_lr: Tensor  # [1, 3, s, s]
-    mask_lr: Tensor  # [1, 1, s, s]
-    image_hr: Tensor  # [1, 3, S, S]
-    mask_hr: Tensor  # [1, 1, S, S]
+    image_lr: Tensor  # [1 or N, 3, s, s]
+    mask_lr: Tensor  # [1 or N, 1, s, s]
+    image_hr: Tensor  # [1 or N, 3, S, S]
+    mask_hr: Tensor  # [1 or N, 1, S, S]
+
+    def rows(self, start: int, stop: int) -> InpaintInputs:
+        """The inputs of prompts ``start:stop`` (the shared row as it is)."""
+        if self.image_lr.shape[0] == 1:
+            return self
+        return InpaintInputs(
+            self.image_lr[start:stop],
+            self.mask_lr[start:stop],
+            self.image_hr[start:stop],
+            self.mask_hr[start:stop],
+        )
 
     @classmethod
     def from_pil(
@@ -139,6 +151,15 @@ def clip_text_embeddings(clip: LoadedModel, texts: Sequence[str]) -> Tensor:
         return model.text_embeddings(tokens.to(device), lens.to(device))
 
 
+def _known_rows(image: Tensor, mask: Tensor, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Known pixels (``image * mask``) and mask on ``device``, [n, ...] each (a shared row is
+    expanded)."""
+    known, mask = (image * mask).to(device), mask.to(device)
+    if known.shape[0] == 1:
+        known, mask = known.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1)
+    return known, mask
+
+
 def _resized_encoder(clip: NoisedCLIP, size: int) -> Callable[[Tensor, Tensor], Tensor]:
     def encode(x: Tensor, t: Tensor) -> Tensor:
         if x.shape[-1] != size:
@@ -184,16 +205,14 @@ class Cascade:
             raise ValueError(f"{self.base.version} is not an inpainting model")
         cond = self._tokens(self.base, prompts)
         uncond = self._tokens(self.base, [""])
+        guided = config.guidance_scale != 1.0
         denoised_fn = None
         if inpaint is not None:
-            known = (inpaint.image_lr * inpaint.mask_lr).to(self.device)
-            m = inpaint.mask_lr.to(self.device)
-            for d in (cond, uncond):
-                d["inpaint_image"], d["inpaint_mask"] = (
-                    known.expand(len(d["tokens"]), -1, -1, -1),
-                    m.expand(len(d["tokens"]), -1, -1, -1),
-                )
-            denoised_fn = inpaint_denoised_fn(known, m)
+            known, m = _known_rows(inpaint.image_lr, inpaint.mask_lr, n, self.device)
+            for d in (cond, uncond):  # both halves of a guided batch see the known pixels
+                d["inpaint_image"], d["inpaint_mask"] = known, m
+            reps = 2 if guided else 1
+            denoised_fn = inpaint_denoised_fn(known.repeat(reps, 1, 1, 1), m.repeat(reps, 1, 1, 1))
 
         cond_fn = None
         if config.clip_guidance_scale:
@@ -201,7 +220,7 @@ class Cascade:
                 raise ValueError("CLIP guidance needs a noised CLIP model (--clip SOURCE)")
             assert isinstance(self.clip.model, NoisedCLIP)
             emb = clip_text_embeddings(self.clip, prompts)
-            if config.guidance_scale != 1.0:
+            if guided:
                 emb = torch.cat([emb, emb])
             cond_fn = CLIPGuidance(
                 _resized_encoder(self.clip.model, self.clip.image_size),
@@ -210,7 +229,7 @@ class Cascade:
                 logit_scale=self.clip.model.logit_scale,
             )
 
-        if config.guidance_scale != 1.0:
+        if guided:
             model = ClassifierFreeGuidance(self.base.model, config.guidance_scale)
             kwargs, rows = classifier_free_batch(cond, uncond), 2 * n
         else:
@@ -250,11 +269,9 @@ class Cascade:
         kwargs["low_res"] = quantize(low_res).to(self.device)
         denoised_fn = None
         if inpaint is not None:
-            known = (inpaint.image_hr * inpaint.mask_hr).to(self.device)
-            m = inpaint.mask_hr.to(self.device)
+            known, m = _known_rows(inpaint.image_hr, inpaint.mask_hr, len(prompts), self.device)
             if up.inpaint:
-                kwargs["inpaint_image"] = known.expand(len(prompts), -1, -1, -1)
-                kwargs["inpaint_mask"] = m.expand(len(prompts), -1, -1, -1)
+                kwargs["inpaint_image"], kwargs["inpaint_mask"] = known, m
             denoised_fn = inpaint_denoised_fn(known, m)
         size = up.image_size
         return run_sampler(
@@ -285,13 +302,16 @@ class Cascade:
             raise ValueError("the full cascade needs an upsampler; pass one or sample base-only")
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
         bases, finals = [], []
+        if inpaint is not None and inpaint.image_lr.shape[0] not in (1, len(prompts)):
+            raise ValueError("inpainting inputs need one row, or one row per prompt")
         for start in range(0, len(prompts), config.batch_size):
             chunk = list(prompts[start : start + config.batch_size])
+            rows = inpaint.rows(start, start + len(chunk)) if inpaint is not None else None
             with torch.no_grad():
-                low = self.sample_base(chunk, config, generator=generator, inpaint=inpaint)
+                low = self.sample_base(chunk, config, generator=generator, inpaint=rows)
                 bases.append(to_uint8(low).cpu())
                 if upsample:
-                    high = self.upsample(low, chunk, config, generator=generator, inpaint=inpaint)
+                    high = self.upsample(low, chunk, config, generator=generator, inpaint=rows)
                     finals.append(to_uint8(high).cpu())
         base = torch.cat(bases)
         return CascadeOutput(base=base, final=torch.cat(finals) if finals else base)

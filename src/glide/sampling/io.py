@@ -21,13 +21,14 @@ key                  value
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-__all__ = ["image_grid", "output_paths", "png_metadata", "save_samples"]
+__all__ = ["image_grid", "labelled_grid", "output_paths", "png_metadata", "save_samples"]
 
 
 def _software() -> str:
@@ -61,6 +62,45 @@ def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.
             img.resize((w, h)) if img.size != (w, h) else img, ((i % cols) * w, (i // cols) * h)
         )
     return grid
+
+
+def labelled_grid(
+    images: Sequence[Image.Image],
+    labels: Sequence[str],
+    *,
+    verdicts: Sequence[str] | None = None,
+    tile: int = 128,
+    lines: int = 4,
+    cols: int | None = None,
+) -> Image.Image:
+    """Tile images (resized to ``tile`` px, nearest) with their label (e.g. the caption) under
+    each, cut with an ellipsis after ``lines`` lines, and optionally a verdict on the last line
+    (green when it is ``ok``, red otherwise), so a reader sees at a glance what went right."""
+    if len(images) != len(labels) or (verdicts is not None and len(verdicts) != len(images)):
+        raise ValueError("need one label (and verdict) per image")
+    font = ImageFont.load_default()
+    line_h, chars = 11, max(8, tile // 6)
+    text_lines = lines - (verdicts is not None)
+    tiles = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        wrapped = textwrap.wrap(label, chars) or [""]
+        if len(wrapped) > text_lines:
+            wrapped = [*wrapped[: text_lines - 1], wrapped[text_lines - 1][: chars - 3] + "..."]
+        cell = Image.new("RGB", (tile, tile + lines * line_h + 4), (255, 255, 255))
+        cell.paste(img.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST), (0, 0))
+        draw = ImageDraw.Draw(cell)
+        for k, text in enumerate(wrapped):
+            draw.text((2, tile + 2 + k * line_h), text, fill=(0, 0, 0), font=font)
+        if verdicts is not None:
+            ok = verdicts[i] == "ok"
+            draw.text(
+                (2, tile + 2 + text_lines * line_h),
+                verdicts[i],
+                fill=(0, 130, 0) if ok else (200, 0, 0),
+                font=font,
+            )
+        tiles.append(cell)
+    return image_grid(tiles, cols)
 
 
 def output_paths(out: str | Path, n: int) -> tuple[Path, list[Path]]:
