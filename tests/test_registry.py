@@ -356,7 +356,7 @@ def test_registered_champion_loads_for_sampling(
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     loaded = load_model_source("models:/glide-base@champion")
-    assert loaded.kind == "base" and loaded.image_size == 64
+    assert loaded.kind == "base" and loaded.image_size == 32
     assert "v1" in loaded.version
     report = json.dumps(result.as_dict())
     assert '"champion": 1' in report

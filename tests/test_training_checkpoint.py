@@ -80,7 +80,18 @@ def _assert_same_state(a: dict, b: dict) -> None:
 def test_exact_resume_same_step_weights_and_optimizer(
     shards: Path, tmp_path: Path, one_thread: None
 ) -> None:
-    cfg = small_config(shards, tmp_path / "a", max_steps=4, checkpoint_every=2, num_threads=1)
+    # The v recipe with importance sampling: its loss history (warm after step 3 with 2 bins of
+    # 10) is part of the state a resume must restore, or steps 3-4 draw other timesteps.
+    cfg = small_config(
+        shards,
+        tmp_path / "a",
+        max_steps=4,
+        checkpoint_every=2,
+        num_threads=1,
+        parametrization="v",
+        timestep_sampler="loss_second_moment",
+        timestep_bins=2,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         full = _train(cfg, tmp_path / "a")
@@ -96,6 +107,9 @@ def test_exact_resume_same_step_weights_and_optimizer(
     assert final["global_step"] == 4
     assert any(k.startswith("ema.model.") for k in final["state_dict"])
     assert final["ShardDataModule"]["batches"] == 4  # the data position
+    assert int(final["timestep_sampler"]["counts"].sum()) == 20  # both bins' histories full
+    exported = torch.load(Path(cfg.out_dir) / "model.pt", weights_only=True)
+    assert exported["diffusion"]["parametrization"] == "v"
 
     # A "crashed" run that only has the step-2 checkpoint resumes into the same MLflow run.
     out_b = tmp_path / "a" / "models" / "resumed"
@@ -105,7 +119,10 @@ def test_exact_resume_same_step_weights_and_optimizer(
     resumed_cfg = dataclasses.replace(cfg, out_dir=str(out_b), resume=True)
     resumed = _train(resumed_cfg, tmp_path / "a")
     assert resumed.run_id == full.run_id and resumed.step == 4
-    _assert_same_state(final, load_checkpoint(out_b / "checkpoints" / "last.ckpt"))
+    again = load_checkpoint(out_b / "checkpoints" / "last.ckpt")
+    _assert_same_state(final, again)
+    for key in ("losses", "counts"):
+        assert torch.equal(final["timestep_sampler"][key], again["timestep_sampler"][key])
 
     import mlflow
 

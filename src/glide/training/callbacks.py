@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from glide.sampling.io import labelled_grid
+
 CSV_FIELDS = (
     "step",
     "loss",
@@ -119,7 +121,12 @@ class SampleGrid(pl.Callback):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step-{trainer.global_step:07d}.png"
-        to_grid(images).save(path)
+        labels = getattr(pl_module, "grid_labels", lambda _: None)(images)
+        if labels is None:
+            to_grid(images).save(path)
+        else:  # each tile with its prompt and the oracle's verdict
+            pil = [to_grid(img[None], nrow=1) for img in images]
+            labelled_grid(pil, labels[0], verdicts=labels[1], cols=min(8, len(pil))).save(path)
         self.paths.append(path)
         logger = trainer.logger
         if logger is not None and hasattr(logger, "run_id") and logger.run_id:

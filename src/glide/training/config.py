@@ -84,9 +84,9 @@ class SampleConfig:
         "a green triangle",
         "a yellow star",
         "a purple hexagon",
-        "an orange circle in the top left",
+        "an orange star in the center",
         "a large white square on a black background",
-        "a small black star on a white background",
+        "a big green hexagon",
     )
     guidance_scale: float = 3.0
     steps: int = 25  # respaced DDIM steps
@@ -104,6 +104,11 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)  # merged into the options
     diffusion_steps: int = 1000
     noise_schedule: str = "squaredcos_cap_v2"
+    parametrization: str = "eps"  # what the U-Net predicts: eps (GLIDE) | x0 | v
+    timestep_sampler: str = "uniform"  # uniform (GLIDE) | loss_second_moment
+    timestep_bins: int = 0  # loss_second_moment: bins sharing a loss history (0: one per step)
+    loss_weighting: str = "none"  # none (GLIDE) | min_snr
+    min_snr_gamma: float = 5.0
     max_steps: int = 1000
     max_time: float = 0.0  # seconds; 0: no limit (a time limit makes the step count vary)
     seed: int = 0
@@ -136,6 +141,17 @@ class TrainConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        from glide.diffusion import LOSS_WEIGHTINGS, PARAMETRIZATIONS, TIMESTEP_SAMPLERS
+
+        for key, allowed in (
+            ("parametrization", PARAMETRIZATIONS),
+            ("timestep_sampler", TIMESTEP_SAMPLERS),
+            ("loss_weighting", LOSS_WEIGHTINGS),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(
+                    f"train.{key} must be one of {allowed}, got {getattr(self, key)!r}"
+                )
 
 
 _SECTIONS: dict[str, type] = {

@@ -175,6 +175,12 @@ class ShardStream(IterableDataset):
             raise _Skipped(f"sample {key} lacks an image or a caption (has {sorted(raw)})")
         try:
             img = Image.open(io.BytesIO(raw[ext]))
+            if img.format == "JPEG":
+                # Let the decoder skip what the resize throws away: a 256 px JPEG read for a
+                # 32 px model decodes at 64 (DCT scaling), ~3x faster, then resizes as usual;
+                # the result is within ~3 levels of a full decode (mean 0.2) on the shapes world.
+                size = 2 * self.config.image_size
+                img.draft("RGB", (size, size))
             img.load()
             caption = raw["txt"].decode("utf-8").strip()
         except Exception as exn:  # any decoder failure means a corrupt sample

@@ -1,7 +1,9 @@
 """LightningModules for the four GLIDE networks.
 
-- :class:`Text2ImModule` (kind ``base``): hybrid loss (eps MSE + variational bound) at uniform
-  timesteps, with the loss also logged per timestep quartile;
+- :class:`Text2ImModule` (kind ``base``): hybrid loss (prediction MSE + variational bound) with
+  GLIDE's eps prediction at uniform timesteps, or the recipe's parametrization, timestep sampler
+  and loss weighting (:class:`~glide.diffusion.TrainingObjective`); the loss is also logged per
+  timestep quartile;
 - :class:`UpsampleModule` (``upsample``): the same loss conditioned on an 8-bit low-res image,
   optionally blurred / noised;
 - :class:`InpaintModule` (``inpaint``): initialised from a trained base (new input channels at
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glide.diffusion import create_gaussian_diffusion, dpm_solver_pp_2m_sample
+from glide.diffusion import TrainingObjective, create_gaussian_diffusion, dpm_solver_pp_2m_sample
 from glide.diffusion.inpaint import inpaint_denoised_fn
 from glide.guidance import ClassifierFreeGuidance, classifier_free_batch
 from glide.models.export import build_model
@@ -114,7 +116,16 @@ class GlideModule(pl.LightningModule):
         self.model = build_model(kind, self.options)
         self.ema = EMA(self.model, config.ema_decay)
         self.diffusion = create_gaussian_diffusion(
-            steps=config.diffusion_steps, noise_schedule=config.noise_schedule
+            steps=config.diffusion_steps,
+            noise_schedule=config.noise_schedule,
+            parametrization=config.parametrization,
+        )
+        self.objective = TrainingObjective(
+            self.diffusion,
+            timestep_sampler=config.timestep_sampler,
+            timestep_bins=config.timestep_bins or None,
+            loss_weighting=config.loss_weighting,
+            min_snr_gamma=config.min_snr_gamma,
         )
         self._tokenizer: Tokenizer | None = None
         self.corrupt_total = 0  # corrupt samples the data stream skipped so far
@@ -143,9 +154,11 @@ class GlideModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["corrupt_total"] = self.corrupt_total
+        checkpoint["timestep_sampler"] = self.objective.sampler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.corrupt_total = int(checkpoint.get("corrupt_total", 0))
+        self.objective.sampler.load_state_dict(checkpoint.get("timestep_sampler") or {})
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim
@@ -179,14 +192,11 @@ class Text2ImModule(GlideModule):
         return {"tokens": batch["tokens"], "mask": batch["mask"]}
 
     def losses(self, model: nn.Module, batch: Mapping[str, Any], t: Tensor | None = None) -> dict:
+        """Per-example losses; ``t=None`` draws timesteps from the recipe's sampler."""
         x0 = batch["image"]
-        if t is None:
-            t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         kwargs = self.conditioning(batch, x0)
-        out = self.diffusion.training_losses(model, x0, t, model_kwargs=kwargs, noise=noise)
-        out["t"] = t
-        return out
+        return self.objective.losses(model, x0, model_kwargs=kwargs, t=t, noise=noise)
 
     def _log_losses(self, prefix: str, out: Mapping[str, Tensor], n: int) -> None:
         for name in ("loss", "mse", "vb"):
@@ -202,7 +212,7 @@ class Text2ImModule(GlideModule):
             self._val_batch = _grid_batch(batch)
         out = self.losses(self.model, batch)
         self._log_losses("train", out, batch["image"].shape[0])
-        return out["loss"].mean()
+        return out["objective"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if batch_idx == 0:
@@ -271,6 +281,19 @@ class Text2ImModule(GlideModule):
             generator=g,
         )
         return out[: shape[0]]
+
+    def grid_labels(self, images: Tensor) -> tuple[list[str], list[str] | None] | None:
+        """Each prompt, and the oracle's verdict when every prompt is in the built-in grammar."""
+        if self.kind != "base":
+            return None  # upsampler / inpainting grids are rows of inputs and outputs
+        from glide.evaluation.captions import is_builtin_caption, judge
+        from glide.sampling.cascade import to_pil, to_uint8
+
+        prompts = list(self.config.sample.prompts)
+        if not all(is_builtin_caption(p) for p in prompts):
+            return prompts, None
+        pil = to_pil(to_uint8(images.float().cpu()))
+        return prompts, [judge(img, p).label for img, p in zip(pil, prompts, strict=True)]
 
     @torch.no_grad()
     def sample_grid(self) -> Tensor | None:

@@ -172,7 +172,11 @@ def _export(
         kind=config.kind,
         options={k: v for k, v in module.options.items() if k != "use_checkpoint"},
         tokenizer={"name": data.tokenizer, "path": data.tokenizer_path},
-        diffusion={"steps": config.diffusion_steps, "noise_schedule": config.noise_schedule}
+        diffusion={
+            "steps": config.diffusion_steps,
+            "noise_schedule": config.noise_schedule,
+            "parametrization": config.parametrization,
+        }
         if config.kind != "clip"
         else {},
         extra={"step": step, "name": config.name, "image_size": data.image_size, **extra},
@@ -208,11 +212,24 @@ def train(
     pl.seed_everything(config.seed, workers=True, verbose=False)
     set_threads(config)
     options = model_options(config, preset)
+    if int(options["image_size"]) != config.data.image_size:
+        raise ValueError(
+            f"train.data.image_size is {config.data.image_size} but the {config.preset} "
+            f"preset's {config.part} model is {options['image_size']} px: set "
+            f"train.data.image_size={options['image_size']} (and for the upsampler "
+            "train.data.low_res_size)"
+        )
     module = build_module(config, options)
     if isinstance(module, InpaintModule) and config.inpaint.init_from and ckpt_path is None:
         base, meta = load_model(root / config.inpaint.init_from)
         if meta["kind"] != "base":
             raise ValueError(f"{config.inpaint.init_from} is a {meta['kind']} model, not a base")
+        base_param = (meta.get("diffusion") or {}).get("parametrization", "eps")
+        if base_param != config.parametrization:
+            raise ValueError(
+                f"{config.inpaint.init_from} predicts {base_param!r} but train.parametrization is "
+                f"{config.parametrization!r}: the inpainting fine-tune must keep the base's"
+            )
         widened = module.init_from_base(base.state_dict())
         log.info(
             "inpainting initialised from %s (zero-initialised: %s)",
