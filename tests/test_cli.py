@@ -152,3 +152,22 @@ def test_console_script_is_installed() -> None:
     exe = shutil.which("glide") or str(Path(sys.executable).with_name("glide"))
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "sample" in proc.stdout and "inpaint" in proc.stdout
+
+
+def test_distribution_is_glide_pipeline_and_owns_the_glide_package(tmp_path: Path) -> None:
+    """``glide`` on the package index is an unrelated project: ours installs as glide-pipeline,
+    and it alone provides the ``glide`` import package and the ``glide`` command."""
+    from importlib.metadata import distribution, packages_distributions, version
+
+    from glide.sampling import save_samples
+
+    assert set(packages_distributions()["glide"]) == {"glide-pipeline"}
+    scripts = {
+        ep.name: ep.value
+        for ep in distribution("glide-pipeline").entry_points
+        if ep.group == "console_scripts"
+    }
+    assert scripts == {"glide": "glide.cli:main"}
+    _, (path,) = save_samples([Image.new("RGB", (8, 8))], tmp_path / "x.png", {"prompt": "p"})
+    with Image.open(path) as img:
+        assert img.text["software"] == f"glide {version('glide-pipeline')}"

@@ -30,11 +30,14 @@ from PIL.PngImagePlugin import PngInfo
 __all__ = ["image_grid", "output_paths", "png_metadata", "save_samples"]
 
 
+DISTRIBUTION = "glide-pipeline"  # the package index name; the import and command are `glide`
+
+
 def _software() -> str:
     try:
         from importlib.metadata import version
 
-        return f"glide {version('glide')}"
+        return f"glide {version(DISTRIBUTION)}"
     except Exception:  # pragma: no cover - not installed as a distribution
         return "glide"
 

@@ -280,5 +280,5 @@ def _log_mlflow_model(module: GlideModule, *, run_id: str, tracking_uri: str) ->
             ema,
             name="model",
             serialization_format="pickle",  # pt2 would need a traced example per model kind
-            pip_requirements=["torch", "glide"],  # skip slow requirement inference
+            pip_requirements=["torch", "glide-pipeline"],  # skip slow requirement inference
         )
