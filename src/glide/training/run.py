@@ -111,8 +111,34 @@ def _mlflow_logger(
     )
 
 
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" advertisements."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+# The loggers behind Lightning's rank_zero_info (the standalone and the umbrella package).
+_LIGHTNING_INFO_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's product tips (nothing our users can act on); every other message and
+    warning stays. Idempotent."""
+    for name in _LIGHTNING_INFO_LOGGERS:
+        log_ = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in log_.filters):
+            log_.addFilter(_DropLightningTips())
+
+
 def build_trainer(config: TrainConfig, *, logger: Any, callbacks: list[pl.Callback]) -> pl.Trainer:
     """A Trainer with atomic checkpoints every ``checkpoint_every`` steps and step-based limits."""
+    quiet_lightning()
     ckpt = ModelCheckpoint(
         dirpath=checkpoint_dir(config.out_dir),
         filename="step-{step:07d}",
@@ -238,10 +264,17 @@ def train(
         # The EMA copy is a submodule kept in eval mode on purpose (EMA.train); Lightning's
         # "modules in eval mode" warning would only mislead users.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        # Lightning's own data-loader code (utilities/_pytree.py) builds torch's deprecated
+        # LeafSpec; the FutureWarning is addressed to Lightning, not to our users.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     step = trainer.global_step
     # A final checkpoint at the last step, so `resume` after completion is a no-op.
-    trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt")
+    trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt", weights_only=False)  # full state
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
