@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from glide.models.export import load_model, save_model
 from glide.tracking import ensure_reachable, flatten_params, resolve_tracking_uri
+from glide.tracking.datasets import DataRef, link_inputs
 from glide.training.callbacks import SampleGrid, TrainMonitor
 from glide.training.checkpoint import AtomicCheckpointIO, checkpoint_dir, last_checkpoint
 from glide.training.config import TrainConfig
@@ -214,12 +215,14 @@ def train(
     tracking_uri: str | None = None,
     params: Mapping[str, Any] | None = None,
     extra_callbacks: list[pl.Callback] | None = None,
+    inputs: Sequence[tuple[DataRef, str]] = (),
 ) -> TrainResult:
     """Train ``config.kind`` on the shards; export the EMA model; log everything to MLflow.
 
     ``preset`` is a model preset dict (``glide.models.load_preset``); ``params`` (the composed
-    Hydra config) are logged flattened as the run's parameters. With ``config.resume`` the run
-    continues from ``<out_dir>/checkpoints/last.ckpt`` in the same MLflow run.
+    Hydra config) are logged flattened as the run's parameters; ``inputs`` (dataset, context)
+    as its dataset inputs, linked to the prepare run that made them. With ``config.resume`` the
+    run continues from ``<out_dir>/checkpoints/last.ckpt`` in the same MLflow run.
     """
     start = time.perf_counter()
     root = Path(root)
@@ -259,6 +262,8 @@ def train(
         if run_id is None and params is not None:
             logger.log_hyperparams(flatten_params(params))
         run_id_file.write_text(str(logger.run_id) + "\n")
+        if inputs:
+            link_inputs(logger.experiment, str(logger.run_id), inputs)
 
     with warnings.catch_warnings():
         # The EMA copy is a submodule kept in eval mode on purpose (EMA.train); Lightning's
