@@ -87,6 +87,7 @@ def main(argv: list[str]) -> int:
         clip = load_model_source(config.clip, **load) if config.clip else None
         result = Evaluator(config, base=base, upsampler=upsampler, clip=clip).run()
         metrics = result.metrics_json()
+        metrics["info"]["mlflow_run_id"] = run_id  # the register stage links versions to it
 
         METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
         METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

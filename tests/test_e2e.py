@@ -240,7 +240,8 @@ def _lock_md5s(entry: dict[str, Any]) -> dict[str, str]:
 
 def check_dataset_lineage(proj: Path, client: Any) -> None:
     """Every training run and the evaluate run logged the data they read as MLflow datasets with
-    the digests dvc.lock records, linked to the prepare run."""
+    the digests dvc.lock records, linked to the prepare run; versions link the evaluate run and
+    carry a bounded set of tags."""
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
     (prepare,) = client.search_runs(
         [client.get_experiment_by_name("glide").experiment_id], "tags.stage = 'prepare'"
@@ -256,15 +257,15 @@ def check_dataset_lineage(proj: Path, client: Any) -> None:
         assert read["data/shards/train"] == (deps["data/shards/train"], "training")
         assert made["data/shards/train"] == deps["data/shards/train"]
         assert run.data.tags["lineage.prepare_run_id"] == prepare.info.run_id
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("glide").experiment_id],
-        "tags.stage = 'evaluate'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    evaluated = json.loads((proj / "metrics/evaluate.json").read_text())["info"]["mlflow_run_id"]
+    run = client.get_run(evaluated)
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.tags[0].value) == ("data/eval/val", "evaluation")
     assert dataset.dataset.digest == _lock_md5s(lock["evaluate"])["data/eval/val"]
+    for name in ("glide-base", "glide-upsampler", "glide-inpaint", "glide-clip"):
+        mv = client.get_model_version_by_alias(name, "champion")
+        assert mv.tags["lineage.evaluate_run_id"] == evaluated
+        assert len(mv.tags) <= 30, sorted(mv.tags)
 
 
 def test_pipeline_end_to_end_sqlite(tmp_path: Path) -> None:

@@ -121,6 +121,7 @@ def test_evaluate_stage_end_to_end(
     (run,) = mlflow.search_runs(experiment_names=["glide"], output_format="list")
     assert run.data.tags["stage"] == "evaluate" and "unavailable.fid" in run.data.tags
     assert run.data.metrics["cfg.3.caption_accuracy"] == point["caption_accuracy"]
+    assert metrics["info"]["mlflow_run_id"] == run.info.run_id
     # a caption set outside the prepare export is the captions file itself, by its md5
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.name == "set/captions.json"  # the path from the project root

@@ -144,3 +144,5 @@ def test_evaluate_run_logs_its_caption_set(
         "data/eval/val": ("evaluation", outs["data/eval/val"], inputs["data/eval/val"][2])
     }
     assert run.data.tags[PREPARE_RUN_TAG] == prepared.run_named("prepare").info.run_id
+    metrics = json.loads((prepared.root / "metrics/evaluate.json").read_text())
+    assert metrics["info"]["mlflow_run_id"] == run.info.run_id  # what register links versions to
