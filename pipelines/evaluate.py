@@ -73,14 +73,16 @@ def main(argv: list[str]) -> int:
         uri=cfg["tracking_uri"],
     ) as mlflow:
         run_id = mlflow.active_run().info.run_id
-        # The caption set as an MLflow dataset (the prepare export's dvc.lock md5, or the file's).
-        captions = coco_dataset(
-            root,
-            config.captions,
-            export_dir=cfg["prepare"]["eval_dir"],
-            stats=load_prepare_stats(cfg["metrics_file"]),
-        )
-        link_inputs(mlflow.MlflowClient(), run_id, [(captions, "evaluation")])
+        # The caption set as an MLflow dataset (the prepare export's dvc.lock md5, or the file's);
+        # a missing file is left to the evaluator, which names it.
+        if Path(config.captions).is_file():
+            captions = coco_dataset(
+                root,
+                config.captions,
+                export_dir=cfg["prepare"]["eval_dir"],
+                stats=load_prepare_stats(cfg["metrics_file"]),
+            )
+            link_inputs(mlflow.MlflowClient(), run_id, [(captions, "evaluation")])
         load = {"tokenizer_path": config.tokenizer_path, "device": config.device}
         base = load_model_source(config.base, **load)
         upsampler = load_model_source(config.upsampler, **load) if config.upsampler else None

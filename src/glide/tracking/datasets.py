@@ -69,7 +69,7 @@ def dvc_md5(path: str | Path) -> str:
     return str(obj.hash_info.value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataRef:
     """One dataset of the pipeline: where it is and what MLflow shows for it."""
 
@@ -89,10 +89,6 @@ class DataRef:
             source=json.dumps({"uri": str(self.path.resolve())}),
             profile=json.dumps(dict(self.profile), sort_keys=True),
         )
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}@{self.digest}"
 
 
 def _name(root: Path, path: Path) -> str:
@@ -151,7 +147,7 @@ def shard_dataset(
     if unreadable:
         profile["unreadable_shards"] = unreadable
     profile.update(_prepare_profile(stats, split, len(keys)))
-    return DataRef(_name(Path(root), path), path, dvc_md5(path), profile)
+    return DataRef(name=_name(Path(root), path), path=path, digest=dvc_md5(path), profile=profile)
 
 
 def shard_inputs(
@@ -192,7 +188,8 @@ def coco_dataset(
     if export_dir is not None and captions.parent.resolve() == Path(export_dir).resolve():
         target = captions.parent
         profile.update(_prepare_profile(stats, "val", int(profile.get("images", -1))))
-    return DataRef(_name(Path(root), target), target, dvc_md5(target), profile)
+    name = _name(Path(root), target)
+    return DataRef(name=name, path=target, digest=dvc_md5(target), profile=profile)
 
 
 def run_link(experiment_id: str, run_id: str, text: str) -> str:
