@@ -11,7 +11,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Re-install only when the dependency list changes.
+# The distribution was called `glide` before it became `glide-pipeline`: drop that stale editable
+# install first, so one distribution owns the `glide` package and command.
 $(STAMP): pyproject.toml | $(BIN)/python
+	-$(BIN)/pip uninstall --quiet --yes glide 2>/dev/null
+	rm -rf src/glide.egg-info
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -31,6 +31,7 @@ from glide.evaluation import (
 from glide.evaluation.report import GUIDANCE_COLUMNS, SAMPLER_COLUMNS
 from glide.sampling import load_model_source
 from glide.tracking import tracked_run
+from glide.tracking.datasets import coco_dataset, link_inputs, load_prepare_stats
 
 METRICS_FILE = Path("metrics/evaluate.json")
 PLOTS_DIR = Path("plots")
@@ -80,6 +81,17 @@ def main(argv: list[str]) -> int:
         tags={"stage": "evaluate"},
         uri=cfg["tracking_uri"],
     ) as mlflow:
+        run_id = mlflow.active_run().info.run_id
+        # The caption set as an MLflow dataset (the prepare export's dvc.lock md5, or the file's);
+        # a missing file is left to the evaluator, which names it.
+        if Path(config.captions).is_file():
+            captions = coco_dataset(
+                root,
+                config.captions,
+                export_dir=cfg["prepare"]["eval_dir"],
+                stats=load_prepare_stats(cfg["metrics_file"]),
+            )
+            link_inputs(mlflow.MlflowClient(), run_id, [(captions, "evaluation")])
         load = {"tokenizer_path": config.tokenizer_path, "device": config.device}
         base = load_model_source(config.base, **load)
         upsampler = load_model_source(config.upsampler, **load) if config.upsampler else None
@@ -87,6 +99,7 @@ def main(argv: list[str]) -> int:
         inpaint = load_model_source(config.inpaint, **load) if config.inpaint else None
         result = Evaluator(config, base=base, upsampler=upsampler, clip=clip, inpaint=inpaint).run()
         metrics = result.metrics_json()
+        metrics["info"]["mlflow_run_id"] = run_id  # the register stage links versions to it
 
         METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
         METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

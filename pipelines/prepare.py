@@ -20,6 +20,7 @@ from glide.data.filters import FilterConfig
 from glide.data.prepare import PrepareConfig, contact_sheet, merge_parts, reset_outputs, run_part
 from glide.data.sources import build_source
 from glide.tracking import flatten_params, tracked_run
+from glide.tracking.datasets import coco_dataset, log_datasets, shard_dataset
 
 
 def _metrics(stats: dict) -> dict[str, float]:
@@ -80,6 +81,17 @@ def main(argv: list[str]) -> int:
         mlflow.log_metrics(_metrics(stats))
         mlflow.log_artifact(str(metrics_path))
         mlflow.log_artifact(str(reports / "contact_sheet.png"))
+        # What this run wrote, as MLflow datasets with the digests dvc.lock will record (MLflow
+        # has no dataset outputs: they are inputs in context "output").
+        written = [
+            shard_dataset(root, prep.shards_dir, "train", stats=stats),
+            shard_dataset(root, prep.shards_dir, "val", stats=stats),
+            coco_dataset(
+                root, Path(prep.eval_dir) / "captions.json", export_dir=prep.eval_dir, stats=stats
+            ),
+        ]
+        run_id = mlflow.active_run().info.run_id
+        log_datasets(mlflow.MlflowClient(), run_id, [(ref, "output") for ref in written])
     print(
         f"prepare: kept {stats['kept']}/{stats['total']} "
         f"(train {stats['splits']['train']}, val {stats['splits']['val']}), "

@@ -31,9 +31,10 @@ def main(argv: list[str]) -> int:
     root = project_root()
     config = PromotionConfig.from_dict(cfg["promotion"])
     metrics_path = Path(config.metrics_file)
-    metrics = (
-        flatten_metrics(json.loads(metrics_path.read_text())) if metrics_path.is_file() else {}
-    )
+    document = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = flatten_metrics(document)
+    # The evaluate run that wrote the metrics: versions link to it for everything not tagged.
+    evaluate_run_id = (document.get("info") or {}).get("mlflow_run_id")
     if not metrics:
         print(f"register: no evaluation metrics in {metrics_path}", file=sys.stderr)
     with tracked_run(
@@ -57,6 +58,7 @@ def main(argv: list[str]) -> int:
                     metrics=metrics,
                     lineage=lineage_tags(root, model_dir),
                     experiment=cfg["experiment"],
+                    evaluate_run_id=evaluate_run_id,
                 )
             except RegistryError as exc:
                 print(f"register: {name}: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ import sys
 
 from glide.config import compose, find_conf_dir, project_root
 from glide.models import load_preset
+from glide.tracking.datasets import load_prepare_stats, shard_inputs
 from glide.training import train, train_config_from_dict
 
 
@@ -28,6 +29,13 @@ def main(argv: list[str]) -> int:
         preset = model_cfg
     else:
         preset = load_preset(config.preset, find_conf_dir() / "model")
+    # The shards as MLflow datasets (digest = the md5 dvc.lock records), linked to their prepare run.
+    inputs = shard_inputs(
+        root,
+        config.data.shards_dir,
+        validation=config.val_every > 0 and config.data.val_batches > 0,
+        stats=load_prepare_stats(cfg["metrics_file"]),
+    )
     result = train(
         config,
         preset,
@@ -35,6 +43,7 @@ def main(argv: list[str]) -> int:
         experiment=cfg["experiment"],
         tracking_uri=cfg["tracking_uri"],
         params=cfg,
+        inputs=inputs,
     )
     if result.model_path is not None:  # rank 0
         losses = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("train/")}

@@ -3,6 +3,7 @@ and their one-line errors for bad input."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -148,7 +149,128 @@ def test_bad_input_gives_one_line_errors(
     assert "not an inpainting model" in msg
 
 
+@pytest.fixture
+def load_count(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every model source the command loads, through the real loader."""
+    import glide.sampling
+
+    real = glide.sampling.load_model_source
+    loads: list[str] = []
+
+    def counting(source: str, **kwargs: object) -> object:
+        loads.append(source)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(glide.sampling, "load_model_source", counting)
+    return loads
+
+
+def test_prompts_file_draws_every_caption_with_one_model_load(
+    models: dict[str, Path],
+    tmp_path: Path,
+    load_count: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = tmp_path / "captions.txt"
+    text.write_text("a red circle\n\n  a blue square  \na green star\n")
+    out = tmp_path / "set"
+    cascade = ["--base", str(models["base"]), "--upsampler", str(models["upsample"]), *FAST]
+    args = ["sample", "--prompts-file", str(text), "--out", str(out), "-n", "2", "--seed", "5"]
+    assert main([*args, *cascade]) == 0
+    assert load_count == [str(models["base"]), str(models["upsample"])]  # once, not per caption
+    assert capsys.readouterr().out.count("wrote") == 3
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"line-000{n}{suffix}.png" for n in (1, 3, 4) for suffix in ("", "_000", "_001")
+    ]  # blank line 2 skipped; names keep the line numbers
+    with Image.open(out / "line-0003_001.png") as img:
+        meta, drawn = img.text, np.asarray(img)
+    assert meta["prompt"] == "a blue square" and meta["line"] == "3" and meta["index"] == "1"
+    assert meta["prompts_file"] == str(text) and meta["seed"] == "5"
+    assert meta["sampler"] == "dpm++-2" and "run-base" in meta["model_version"]
+    # each caption is drawn exactly as --prompt draws it with the same seed
+    single = ["sample", "--prompt", "a blue square", "--out", str(tmp_path / "one.png")]
+    assert main([*single, "-n", "2", "--seed", "5", *cascade]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one_001.png")), drawn)
+
+    coco = tmp_path / "captions.json"
+    annotations = [
+        {"id": 7, "image_id": 3, "caption": "a red circle"},
+        {"id": 9, "image_id": 3},  # no caption: counted and skipped
+        {"id": 8, "image_id": 4, "caption": "a yellow star"},
+    ]
+    coco.write_text(json.dumps({"images": [], "annotations": annotations}))
+    load_count.clear()
+    args = ["sample", "--prompts-file", str(coco), "--out", str(tmp_path / "coco"), "-n", "1"]
+    assert main([*args, "--base-only", "--base", str(models["base"]), *FAST]) == 0
+    assert load_count == [str(models["base"])]
+    assert "skipped 1 annotation(s) without a caption" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "coco").iterdir()) == [
+        "ann-0001.png", "ann-0001_000.png", "ann-0003.png", "ann-0003_000.png",
+    ]  # fmt: skip
+    with Image.open(tmp_path / "coco" / "ann-0003_000.png") as img:
+        assert img.text["prompt"] == "a yellow star" and img.text["annotation_id"] == "8"
+        assert img.text["image_id"] == "4" and img.text["annotation"] == "3"
+
+
+def test_prompts_file_errors_are_one_line_before_any_model_loads(
+    models: dict[str, Path],
+    tmp_path: Path,
+    load_count: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def error(path: Path, out: str = "folder") -> str:
+        args = ["sample", "--prompts-file", str(path), "--out", str(tmp_path / out)]
+        assert main([*args, "--base", str(models["base"]), "--base-only", *FAST]) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("glide sample: error: "), err
+        return lines[0]
+
+    (tmp_path / "empty.txt").write_text("")
+    assert "has no captions" in error(tmp_path / "empty.txt")
+    (tmp_path / "blank.txt").write_text("\n   \n\t\n")
+    assert "has no captions" in error(tmp_path / "blank.txt")
+    assert "not found" in error(tmp_path / "missing.txt")
+    assert "not found" in error(tmp_path)  # a folder is not a prompts file
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00caption")
+    assert "not readable UTF-8 text" in error(tmp_path / "binary.txt")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert "not valid JSON" in error(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text('["a red circle"]')
+    assert "no 'annotations' list" in error(tmp_path / "list.json")
+    (tmp_path / "none.json").write_text('{"annotations": [{"image_id": 1}]}')
+    assert "has no captions" in error(tmp_path / "none.json")
+    (tmp_path / "ok.txt").write_text("a red circle\n")
+    assert "--out must be a folder" in error(tmp_path / "ok.txt", out="x.png")
+    assert load_count == []
+    # --prompt and --prompts-file exclude each other, and one of them is required
+    for argv in (["--prompt", "x", "--prompts-file", "f"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sample", *argv, "--out", str(tmp_path / "o")])
+        assert exit_info.value.code == 2
+    assert "--prompts-file" in capsys.readouterr().err
+
+
 def test_console_script_is_installed() -> None:
     exe = shutil.which("glide") or str(Path(sys.executable).with_name("glide"))
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "sample" in proc.stdout and "inpaint" in proc.stdout
+
+
+def test_distribution_is_glide_pipeline_and_owns_the_glide_package(tmp_path: Path) -> None:
+    """``glide`` on the package index is an unrelated project: ours installs as glide-pipeline,
+    and it alone provides the ``glide`` import package and the ``glide`` command."""
+    from importlib.metadata import distribution, packages_distributions, version
+
+    from glide.sampling import save_samples
+
+    assert set(packages_distributions()["glide"]) == {"glide-pipeline"}
+    scripts = {
+        ep.name: ep.value
+        for ep in distribution("glide-pipeline").entry_points
+        if ep.group == "console_scripts"
+    }
+    assert scripts == {"glide": "glide.cli:main"}
+    _, (path,) = save_samples([Image.new("RGB", (8, 8))], tmp_path / "x.png", {"prompt": "p"})
+    with Image.open(path) as img:
+        assert img.text["software"] == f"glide {version('glide-pipeline')}"

@@ -4,6 +4,7 @@ Hydra overrides recovered from DVC's composed params.yaml."""
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,44 @@ def test_compare_model_versions_shows_aliases_and_metrics(
     assert "train.max_steps" in lines[0] and "metric.summary.acc" in lines[0]
     assert lines[2].startswith("glide-base v1 @champion") and "0.5" in lines[2]
     assert lines[3].startswith("glide-base v2 @challenger") and "0.4" in lines[3]
+
+
+def test_compare_shows_whether_runs_read_the_same_data(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glide.tracking.commands import add_compare_parser
+    from glide.tracking.datasets import log_datasets, shard_dataset
+    from tests.test_training_data import write_shards
+
+    monkeypatch.chdir(store.root)
+    write_shards(Path("data/shards"), n=8, per_shard=4, val=2, seed=0)
+    first = shard_dataset(store.root, "data/shards", "train")
+    shutil.rmtree("data/shards")
+    write_shards(Path("data/shards"), n=8, per_shard=4, val=2, seed=1)  # same path, new data
+    second = shard_dataset(store.root, "data/shards", "train")
+    assert first.name == second.name == "data/shards/train" and first.digest != second.digest
+
+    ids = []
+    for ref in (first, first, second):
+        run = store.client.create_run(store.experiment_id, tags={"stage": "train_base"})
+        log_datasets(store.client, run.info.run_id, [(ref, "training")])
+        store.client.set_terminated(run.info.run_id)
+        ids.append(run.info.run_id)
+    parser = argparse.ArgumentParser()
+    add_compare_parser(parser.add_subparsers())
+
+    def compare(*run_ids: str) -> list[str]:
+        args = parser.parse_args(["compare", *run_ids, "--tracking-uri", store.uri])
+        assert args._run(args) == 0
+        return capsys.readouterr().out.splitlines()
+
+    same = compare(ids[0], ids[1])
+    assert same[0].split()[:2] == ["run", "data:training"]
+    assert f"data/shards/train@{first.digest[:8]}" in same[2]
+    assert same[-1] == f"same data: yes (training: data/shards/train@{first.digest})"
+    differ = compare(ids[0], ids[2])
+    assert f"data/shards/train@{second.digest[:8]}" in differ[3]
+    assert differ[-1] == "same data: no (training differ)"
 
 
 def test_compare_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -190,6 +190,7 @@ def check_pipeline(proj: Path, env: dict[str, str], uri: str) -> None:
         assert "metric.summary.cfg_best_scale" in mv.tags
     for name in ("glide-upsampler", "glide-inpaint"):
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    check_dataset_lineage(proj, client)
 
     # one training parameter, and a gate no retrained model can pass: only train_clip and its
     # downstream run; the new clip version is a challenger, nothing else gets a version
@@ -224,6 +225,47 @@ def check_pipeline(proj: Path, env: dict[str, str], uri: str) -> None:
     compared = commands(proj, env, "compare", "--stage", "evaluate", "--report", "cmp.html")
     assert compared.returncode == 0, compared.stderr
     assert (proj / "cmp.html").is_file() and list((proj / "cmp_files").rglob("*.png"))
+    # the two clip versions were trained on the same shards
+    versions = commands(proj, env, "compare", "--model", "glide-clip")
+    assert versions.returncode == 0, versions.stderr
+    train = _lock_md5s(yaml.safe_load((proj / "dvc.lock").read_text())["stages"]["train_clip"])
+    assert f"same data: yes (training: data/shards/train@{train['data/shards/train']})" in (
+        versions.stdout
+    )
+
+
+def _lock_md5s(entry: dict[str, Any]) -> dict[str, str]:
+    return {d["path"]: d["md5"] for d in [*entry.get("deps", ()), *entry.get("outs", ())]}
+
+
+def check_dataset_lineage(proj: Path, client: Any) -> None:
+    """Every training run and the evaluate run logged the data they read as MLflow datasets with
+    the digests dvc.lock records, linked to the prepare run; versions link the evaluate run and
+    carry a bounded set of tags."""
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    (prepare,) = client.search_runs(
+        [client.get_experiment_by_name("glide").experiment_id], "tags.stage = 'prepare'"
+    )
+    made = {d.dataset.name: d.dataset.digest for d in prepare.inputs.dataset_inputs}
+    assert made["data/eval/val"] == _lock_md5s(lock["prepare"])["data/eval/val"]
+    for name in ("base", "upsampler", "inpaint", "clip"):
+        run = client.get_run((proj / "models" / name / "mlflow_run_id").read_text().strip())
+        read = {
+            d.dataset.name: (d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs
+        }
+        deps = _lock_md5s(lock[f"train_{name}"])
+        assert read["data/shards/train"] == (deps["data/shards/train"], "training")
+        assert made["data/shards/train"] == deps["data/shards/train"]
+        assert run.data.tags["lineage.prepare_run_id"] == prepare.info.run_id
+    evaluated = json.loads((proj / "metrics/evaluate.json").read_text())["info"]["mlflow_run_id"]
+    run = client.get_run(evaluated)
+    (dataset,) = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.tags[0].value) == ("data/eval/val", "evaluation")
+    assert dataset.dataset.digest == _lock_md5s(lock["evaluate"])["data/eval/val"]
+    for name in ("glide-base", "glide-upsampler", "glide-inpaint", "glide-clip"):
+        mv = client.get_model_version_by_alias(name, "champion")
+        assert mv.tags["lineage.evaluate_run_id"] == evaluated
+        assert len(mv.tags) <= 30, sorted(mv.tags)
 
 
 def test_pipeline_end_to_end_sqlite(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ sampler table, the metrics JSON layout, CSVs, the Pareto figure and the MLflow r
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -142,5 +143,12 @@ def test_evaluate_stage_end_to_end(
     assert run.data.metrics["cfg.3.caption_accuracy"] == point["caption_accuracy"]
     assert run.data.metrics["cfg.3.caption_accuracy_ci95.hi"] == hi
     assert run.data.metrics["inpaint.inpaint_accuracy"] == inpaint["inpaint_accuracy"]
+    assert metrics["info"]["mlflow_run_id"] == run.info.run_id
+    # a caption set outside the prepare export is the captions file itself, by its md5
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "set/captions.json"  # the path from the project root
+    assert dataset.dataset.digest == hashlib.md5(captions.read_bytes()).hexdigest()
+    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "evaluation")]
+    assert json.loads(dataset.dataset.profile) == {"images": 6, "captions": 6}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"evaluate.json", "guidance.csv", "guidance_pareto.png", "grids"} <= artifacts

@@ -360,3 +360,54 @@ def test_registered_champion_loads_for_sampling(
     assert "v1" in loaded.version
     report = json.dumps(result.as_dict())
     assert '"champion": 1' in report
+
+
+def test_version_tags_stay_bounded_and_link_the_evaluate_run(store: Store) -> None:
+    """A sweep of hundreds of metrics leaves the version with the gated metrics and a short
+    summary as tags; the rest is read from the evaluate run it links, by the gate too."""
+    from mlflow.entities import Metric
+
+    sweep = {
+        f"{method}.{scale}.{name}": float(scale) + i / 10
+        for method in ("cfg", "clip")
+        for scale in range(30)
+        for i, name in enumerate(("fd_clip", "clip_score", "caption_accuracy", "oracle_score"))
+    }
+    summary = {f"summary.key_{i:02d}": float(i) for i in range(40)}
+    metrics = {**sweep, **summary, ACC: 0.5, FD: 5.0}
+    evaluate = store.client.create_run(store.experiment_id, run_name="evaluate")
+    eval_id = evaluate.info.run_id
+    now = 0
+    batch = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for i in range(0, len(batch), 500):
+        store.client.log_batch(eval_id, metrics=batch[i : i + 500])
+    store.client.set_terminated(eval_id)
+
+    registry = ModelRegistry(store.client, GATE)
+    folder = store.trained_model("base", b"weights")
+    registry.register(
+        name="glide-base",
+        model_dir=folder,
+        metrics=metrics,
+        lineage={"lineage.git_commit": "abc"},
+        evaluate_run_id=eval_id,
+    )
+    mv = store.client.get_model_version("glide-base", "1")
+    metric_tags = sorted(k for k in mv.tags if k.startswith("metric."))
+    assert len(metrics) > 250
+    assert f"metric.{ACC}" in metric_tags and f"metric.{FD}" in metric_tags  # what the gate read
+    extra = [k for k in metric_tags if k not in (f"metric.{ACC}", f"metric.{FD}")]
+    assert extra == [f"metric.summary.key_{i:02d}" for i in range(GATE.max_metric_tags)]
+    assert len(mv.tags) <= 30, sorted(mv.tags)
+    assert mv.tags["lineage.evaluate_run_id"] == eval_id
+    train_id = mv.tags["lineage.train_run_id"]
+    for rid in (train_id, eval_id):  # the version page links both runs
+        assert f"(#/experiments/{store.experiment_id}/runs/{rid})" in mv.description
+
+    # a rule on a metric the version does not carry as a tag: read from the evaluate run
+    wider = PromotionConfig(rules=(MetricRule(metric="cfg.7.clip_score", min=7.0),))
+    assert "metric.cfg.7.clip_score" not in mv.tags
+    candidate = ModelRegistry(store.client, wider).version_metrics("glide-base", 1)
+    assert candidate["cfg.7.clip_score"] == pytest.approx(7.1)
+    verdict = evaluate_gate(candidate, None, wider)
+    assert verdict.passed and verdict.reasons[0].startswith("ok cfg.7.clip_score=7.1")

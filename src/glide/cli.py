@@ -3,6 +3,7 @@
     glide sample --prompt "a red circle" --out samples/            # grid.png + 000.png ...
     glide sample --prompt "a red circle" --out red.png --sampler dpm++ --steps 20 --base-only
     glide sample --prompt "..." --base models:/glide-base@champion --out out.png
+    glide sample --prompts-file captions.txt --out samples/        # line-0001.png, line-0001_000.png
     glide inpaint --image in.png --mask mask.png --prompt "a blue star" --out painted.png
 
 Each subcommand is a ``(name, help, add_arguments, run)`` entry: :data:`COMMANDS` here, plus
@@ -15,6 +16,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from glide.sampling.prompts import PromptEntry
 
 __all__ = ["COMMANDS", "all_commands", "build_parser", "main"]
 
@@ -37,9 +42,20 @@ def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str)
     g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
-def _add_sampling_options(p: argparse.ArgumentParser, *, guidance: float) -> None:
+def _add_sampling_options(
+    p: argparse.ArgumentParser, *, guidance: float, prompts_file: bool = False
+) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--prompt", required=True, help="caption; empty samples unconditionally")
+    prompt = g.add_mutually_exclusive_group(required=True) if prompts_file else g
+    prompt.add_argument(
+        "--prompt", required=not prompts_file, help="caption; empty samples unconditionally"
+    )
+    if prompts_file:
+        prompt.add_argument(
+            "--prompts-file",
+            help="captions to draw with one model load: one per line, or a COCO captions .json; "
+            "--out is then a folder of line-NNNN[_iii].png (ann-NNNN for .json)",
+        )
     g.add_argument("--out", required=True, help="grid file (x.png) or output folder")
     g.add_argument("-n", "--num-images", type=int, default=4, help="images to draw (default: 4)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -66,7 +82,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, *, guidance: float) -> Non
 
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
-    _add_sampling_options(p, guidance=3.0)
+    _add_sampling_options(p, guidance=3.0, prompts_file=True)
     p.add_argument(
         "--clip-guidance-scale", type=float, default=0.0, help="CLIP guidance scale (0: off)"
     )
@@ -94,6 +110,25 @@ def _open_image(path: str, what: str) -> object:
             return img.copy()
     except (UnidentifiedImageError, OSError) as exc:
         raise CLIError(f"{what} {file} is not a readable image ({exc})") from None
+
+
+def _prompts(args: argparse.Namespace) -> list[PromptEntry]:
+    """What to draw: ``--prompt`` (written to ``--out`` as given), or every caption of
+    ``--prompts-file`` (read before any model loads, so a bad file costs nothing)."""
+    from glide.sampling.prompts import PromptEntry, PromptsFileError, read_prompts
+
+    path = getattr(args, "prompts_file", None)
+    if path is None:
+        return [PromptEntry("", args.prompt)]
+    if Path(args.out).suffix.lower() == ".png":
+        raise CLIError("--out must be a folder with --prompts-file (one file set per caption)")
+    try:
+        entries, skipped = read_prompts(path)
+    except PromptsFileError as exc:
+        raise CLIError(str(exc)) from None
+    if skipped:
+        print(f"glide sample: skipped {skipped} annotation(s) without a caption", file=sys.stderr)
+    return entries
 
 
 def _load(source: str, args: argparse.Namespace, what: str) -> object:
@@ -129,6 +164,7 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         raise CLIError("CLIP guidance needs --sampler ancestral, fast27 or ddim (not dpm++)")
 
     inputs = None
+    prompts = _prompts(args)
     if inpaint:
         image, mask = _open_image(args.image, "image"), _open_image(args.mask, "mask")
     base = _load(args.base, args, "base model")
@@ -155,7 +191,7 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
             high=high,
             invert=args.invert_mask,
         )
-    if not args.prompt.strip():
+    if args.prompt is not None and not args.prompt.strip():
         print("glide: empty prompt: sampling unconditionally", file=sys.stderr)
 
     config = GenerationConfig(
@@ -176,11 +212,9 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
             clip=clip,  # type: ignore[arg-type]
             device=args.device,
         )
-        out = cascade.generate([args.prompt] * args.num_images, config, inpaint=inputs)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     metadata = {
-        "prompt": args.prompt,
         "seed": args.seed,
         "sampler": sampler.label,
         "upsample_sampler": None if args.base_only else up_sampler.label,
@@ -191,8 +225,15 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
     }
     if inpaint:
         metadata.update(source_image=str(args.image), mask=str(args.mask))
-    grid, paths = save_samples(to_pil(out.final), args.out, metadata)
-    print(f"wrote {grid} and {len(paths)} image(s) beside it")
+    for entry in prompts:  # the models are loaded once for every caption
+        try:
+            out = cascade.generate([entry.caption] * args.num_images, config, inpaint=inputs)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        target = Path(args.out) / f"{entry.stem}.png" if entry.stem else args.out
+        info = {"prompt": entry.caption, **metadata, **entry.provenance}
+        grid, paths = save_samples(to_pil(out.final), target, info)
+        print(f"wrote {grid} and {len(paths)} image(s) beside it")
     return 0
 
 

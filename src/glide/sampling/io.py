@@ -14,7 +14,9 @@ key                  value
 ``clip_guidance_scale`` CLIP guidance scale (0: off)
 ``model_version``    the base model's version (path, MLflow URI + version, or release digest)
 ``upsampler_version`` the upsampler's version (absent for base-only samples)
-``software``         ``glide <package version>``
+``prompts_file``     with ``glide sample --prompts-file``: the file, plus ``line`` (text) or
+                     ``annotation``, ``annotation_id``, ``image_id`` (COCO captions)
+``software``         ``glide <version of the glide-pipeline distribution>``
 ==================== ==========================================================================
 """
 
@@ -31,11 +33,14 @@ from PIL.PngImagePlugin import PngInfo
 __all__ = ["image_grid", "labelled_grid", "output_paths", "png_metadata", "save_samples"]
 
 
+DISTRIBUTION = "glide-pipeline"  # the package index name; the import and command are `glide`
+
+
 def _software() -> str:
     try:
         from importlib.metadata import version
 
-        return f"glide {version('glide')}"
+        return f"glide {version(DISTRIBUTION)}"
     except Exception:  # pragma: no cover - not installed as a distribution
         return "glide"
 

@@ -181,6 +181,8 @@ def run_compare(args: argparse.Namespace) -> int:
             return _fail("compare", "no runs matched")
         comparison = compare_runs(runs, args.metrics or DEFAULT_METRICS)
         print(comparison.format_table())
+        if summary := comparison.data_summary():
+            print(summary)
         if args.report:
             with tempfile.TemporaryDirectory() as tmp:
                 images = {

@@ -1,4 +1,5 @@
-"""Compare MLflow runs: the parameters that differ, key metrics, sample grids side by side.
+"""Compare MLflow runs: the datasets they read, the parameters that differ, key metrics, sample
+grids side by side.
 
 Runs are picked by id, by stage (the ``stage`` tag every pipeline run carries) or as the training
 runs behind versions of a registered model. :func:`write_report` writes Markdown (``.md``) or
@@ -46,15 +47,19 @@ class RunSummary:
     label: str
     params: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    datasets: Mapping[str, str] = field(default_factory=dict)  # context -> "name@digest"
 
 
 def _summary(run: Any, label: str | None = None, extra: Mapping[str, float] | None = None) -> Any:
+    from glide.tracking.datasets import run_datasets
+
     name = run.info.run_name or run.info.run_id[:8]
     return RunSummary(
         run_id=run.info.run_id,
         label=label or f"{name} {run.info.run_id[:8]}",
         params=dict(run.data.params),
         metrics={**run.data.metrics, **(extra or {})},
+        datasets=run_datasets(run),
     )
 
 
@@ -112,20 +117,35 @@ def fetch_model_versions(client: Any, name: str, versions: Sequence[str] = ()) -
 
 @dataclass(frozen=True)
 class Comparison:
-    """Runs with the parameters that differ between them and the chosen metrics."""
+    """Runs with the datasets they read (by context), the parameters that differ between them
+    and the chosen metrics."""
 
     runs: tuple[RunSummary, ...]
     params: tuple[str, ...]
     metrics: tuple[str, ...]
+    datasets: tuple[str, ...] = ()  # contexts any run logged a dataset in
 
     def rows(self) -> list[list[str]]:
-        """Header row, then one row per run (missing values as ``-``)."""
-        rows = [["run", *self.params, *self.metrics]]
+        """Header row, then one row per run (missing values as ``-``; datasets as
+        ``name@<first 8 digest characters>``)."""
+        rows = [["run", *(f"data:{c}" for c in self.datasets), *self.params, *self.metrics]]
         for run in self.runs:
-            values = [run.params.get(p, "-") for p in self.params]
+            values = [_short_dataset(run.datasets.get(c)) for c in self.datasets]
+            values += [run.params.get(p, "-") for p in self.params]
             values += [_fmt(run.metrics.get(m)) for m in self.metrics]
             rows.append([run.label, *values])
         return rows
+
+    def data_summary(self) -> str | None:
+        """``same data: yes (...)`` when every run read the same datasets (name and digest) in
+        every context, else ``same data: no (...)``; None when no run logged a dataset."""
+        if not self.datasets:
+            return None
+        differ = [c for c in self.datasets if len({r.datasets.get(c) for r in self.runs}) > 1]
+        if differ:
+            return f"same data: no ({', '.join(differ)} differ)"
+        same = "; ".join(f"{c}: {self.runs[0].datasets[c]}" for c in self.datasets)
+        return f"same data: yes ({same})"
 
     def format_table(self) -> str:
         """A plain-text table aligned on columns."""
@@ -140,6 +160,14 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _short_dataset(label: str | None) -> str:
+    if not label:
+        return "-"
+    return ", ".join(
+        f"{name}@{digest[:8]}" for name, _, digest in (p.rpartition("@") for p in label.split(", "))
+    )
+
+
 def compare_runs(
     runs: Sequence[RunSummary], metric_patterns: Iterable[str] = DEFAULT_METRICS
 ) -> Comparison:
@@ -151,7 +179,8 @@ def compare_runs(
     metrics: list[str] = []
     for pattern in metric_patterns:
         metrics += [n for n in names if fnmatch.fnmatchcase(n, pattern) and n not in metrics]
-    return Comparison(tuple(runs), tuple(params), tuple(metrics[:MAX_METRIC_COLUMNS]))
+    contexts = tuple(sorted({c for r in runs for c in r.datasets}))
+    return Comparison(tuple(runs), tuple(params), tuple(metrics[:MAX_METRIC_COLUMNS]), contexts)
 
 
 def collect_images(
@@ -219,6 +248,8 @@ def _markdown(
     lines.append("| " + " | ".join(_md_cell(c) for c in rows[0]) + " |")
     lines.append("|" + "---|" * len(rows[0]))
     lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows[1:]]
+    if summary := comparison.data_summary():
+        lines += ["", _md_cell(summary)]
     lines += ["", f"Run ids: {', '.join(r.run_id or '-' for r in comparison.runs)}", ""]
     if rel:
         lines += ["## Samples", "", "| artifact | " + " | ".join(map(_md_cell, labels)) + " |"]
@@ -250,6 +281,8 @@ def _html(
         "img{max-width:320px}</style></head><body>",
         f"<h1>{esc(title)}</h1><h2>Runs</h2><table><tr>{head}</tr>\n{body}</table>",
     ]
+    if summary := comparison.data_summary():
+        parts.append(f"<p>{esc(summary)}</p>")
     if rel:
         cols = "".join(f"<th>{esc(label)}</th>" for label in labels)
         parts.append(f"<h2>Samples</h2><table><tr><th>artifact</th>{cols}</tr>")

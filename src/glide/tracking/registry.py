@@ -5,8 +5,10 @@ model (``glide-base``, ``glide-upsampler``, ``glide-inpaint``, ``glide-clip``) t
 
 - ``glide.sha256`` (the export's digest: registering the same file again is a no-op),
 - ``lineage.*``: git commit, the ``dvc.lock`` hashes of the training stage's data and config,
-  the MLflow run that trained it,
-- ``metric.*``: the evaluation metrics (``metrics/evaluate.json``, flattened),
+  the MLflow runs that trained and evaluated it,
+- ``metric.*``: the metrics the gate reads plus a short summary (``summary.*`` of
+  ``metrics/evaluate.json``), at most ``max_metric_tags``; every other metric stays on the
+  evaluate run (``lineage.evaluate_run_id``), where the gate also looks them up,
 - ``promotion.*``: the gate's decision and its reasons.
 
 Aliases: ``champion`` (in production), ``previous`` (the champion it replaced; rollback target)
@@ -52,6 +54,8 @@ TAG_REASONS = "promotion.reasons"
 TAG_COMPARED = "promotion.compared_to"
 TAG_REPLACED = "promotion.replaced"
 TAG_DECIDED_AT = "promotion.decided_at"
+TAG_TRAIN_RUN = "lineage.train_run_id"
+TAG_EVALUATE_RUN = "lineage.evaluate_run_id"
 METRIC_PREFIX = "metric."
 
 
@@ -85,7 +89,8 @@ class PromotionConfig:
     models: Mapping[str, str] = field(default_factory=dict)  # registered name -> export folder
     rules: tuple[MetricRule, ...] = ()
     tolerance: float = 0.0  # default allowed regression against the champion (absolute)
-    tag_metrics: tuple[str, ...] = ("summary.", "cfg.", "clip.")  # prefixes tagged on versions
+    tag_metrics: tuple[str, ...] = ("summary.",)  # prefixes tagged on versions (with the gated)
+    max_metric_tags: int = 16  # cap on metric.* tags beyond the gated metrics
     auto_promote: bool = True  # the register stage applies the gate (else: challenger only)
     champion_alias: str = "champion"
     previous_alias: str = "previous"
@@ -213,7 +218,7 @@ def lineage_tags(root: str | Path, model_dir: str | Path) -> dict[str, str]:
         tags["lineage.git_dirty"] = str(bool(dirty)).lower()
     run_file = root / model_dir / RUN_ID_FILE
     if run_file.is_file():
-        tags["lineage.train_run_id"] = run_file.read_text().strip()
+        tags[TAG_TRAIN_RUN] = run_file.read_text().strip()
     lock_path = root / "dvc.lock"
     if not lock_path.is_file():
         return tags
@@ -327,9 +332,10 @@ class ModelRegistry:
             raise RegistryError(f"registered model {name!r} has no version {version}") from None
 
     def version_metrics(self, name: str, version: str | int) -> dict[str, float]:
-        """The ``metric.*`` tags of a version as floats."""
+        """A version's metrics: its ``metric.*`` tags as floats, completed by the metrics of the
+        evaluate run it links (``lineage.evaluate_run_id``) for the keys not tagged."""
         tags = self.version(name, version).tags or {}
-        out = {}
+        out = self._run_metrics(tags.get(TAG_EVALUATE_RUN))
         for key, value in tags.items():
             if key.startswith(METRIC_PREFIX):
                 try:
@@ -337,6 +343,50 @@ class ModelRegistry:
                 except ValueError:
                     continue
         return out
+
+    def _run_metrics(self, run_id: str | None) -> dict[str, float]:
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return {}
+        try:
+            return dict(self.client.get_run(run_id).data.metrics)
+        except MlflowException:  # deleted, or from another store: the tags still hold
+            return {}
+
+    def tagged_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The metrics a new version carries as tags: every metric a gate rule reads, then at most
+        ``max_metric_tags`` of those under the ``tag_metrics`` prefixes (in key order)."""
+        gated = {r.metric for r in self.config.rules}
+        out = {k: v for k, v in metrics.items() if k in gated}
+        prefixes = tuple(self.config.tag_metrics)
+        extra = sorted(k for k in metrics if k not in gated and k.startswith(prefixes))
+        out.update({k: metrics[k] for k in extra[: max(0, self.config.max_metric_tags)]})
+        return out
+
+    def _description(
+        self, model_file: Path, sha: str, run_id: str, evaluate_run_id: str | None
+    ) -> str:
+        """Markdown for the version page: the export, and links to its training and evaluate runs
+        (the training run's page lists the datasets it read and links their prepare run)."""
+        from mlflow.exceptions import MlflowException
+
+        from glide.tracking.datasets import run_link
+
+        lines = [f"`{model_file}` sha256:{sha[:12]}", ""]
+        for label, rid in (("Trained by", run_id), ("Evaluated by", evaluate_run_id)):
+            if not rid:
+                continue
+            try:
+                run = self.client.get_run(rid)
+            except MlflowException:
+                lines.append(f"- {label} run `{rid}`")
+                continue
+            name = run.info.run_name or rid[:8]
+            lines.append(f"- {label} {run_link(run.info.experiment_id, rid, name)}")
+        if evaluate_run_id:
+            lines.append("\nEvery evaluation metric and sample grid is on the evaluate run.")
+        return "\n".join(lines)
 
     def find_by_sha(self, name: str, sha: str) -> Any | None:
         """The version registered from the export with digest ``sha``, if any."""
@@ -404,9 +454,11 @@ class ModelRegistry:
         metrics: Mapping[str, float],
         lineage: Mapping[str, str],
         experiment: str = "glide",
+        evaluate_run_id: str | None = None,
     ) -> RegistrationResult:
         """Register ``model_dir/model.pt`` as a new version of ``name`` (once per file digest)
-        and, with ``auto_promote``, pass it through the gate."""
+        and, with ``auto_promote``, pass it through the gate. ``evaluate_run_id`` (the run that
+        wrote ``metrics``) is linked from the version for the metrics it does not carry."""
         model_file = Path(model_dir) / EXPORT_FILE
         if not model_file.is_file():
             raise RegistryError(f"{model_file} not found: train it first (dvc repro)")
@@ -420,22 +472,18 @@ class ModelRegistry:
             source, run_id, model_id = self._source(
                 name=name, model_file=model_file, run_id=run_id, experiment=experiment
             )
-            tags = {TAG_SHA: sha, **lineage, "lineage.train_run_id": run_id}
-            prefixes = self.config.tag_metrics
-            gated = {r.metric for r in self.config.rules}
+            tags = {TAG_SHA: sha, **lineage, TAG_TRAIN_RUN: run_id}
+            if evaluate_run_id:
+                tags[TAG_EVALUATE_RUN] = evaluate_run_id
             tags.update(
-                {
-                    f"{METRIC_PREFIX}{k}": repr(v)
-                    for k, v in metrics.items()
-                    if k in gated or k.startswith(prefixes)
-                }
+                {f"{METRIC_PREFIX}{k}": repr(v) for k, v in self.tagged_metrics(metrics).items()}
             )
             existing = self.client.create_model_version(
                 name,
                 source,
                 run_id=run_id,
                 tags={k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items()},
-                description=f"{model_file} sha256:{sha[:12]}",
+                description=self._description(model_file, sha, run_id, evaluate_run_id),
                 model_id=model_id,
             )
         version = str(existing.version)

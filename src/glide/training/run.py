@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from glide.models.export import load_model, save_model
 from glide.tracking import ensure_reachable, flatten_params, resolve_tracking_uri
+from glide.tracking.datasets import DataRef, link_inputs
 from glide.training.callbacks import SampleGrid, TrainMonitor
 from glide.training.checkpoint import AtomicCheckpointIO, checkpoint_dir, last_checkpoint
 from glide.training.config import TrainConfig
@@ -111,8 +112,34 @@ def _mlflow_logger(
     )
 
 
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" advertisements."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+# The loggers behind Lightning's rank_zero_info (the standalone and the umbrella package).
+_LIGHTNING_INFO_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's product tips (nothing our users can act on); every other message and
+    warning stays. Idempotent."""
+    for name in _LIGHTNING_INFO_LOGGERS:
+        log_ = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in log_.filters):
+            log_.addFilter(_DropLightningTips())
+
+
 def build_trainer(config: TrainConfig, *, logger: Any, callbacks: list[pl.Callback]) -> pl.Trainer:
     """A Trainer with atomic checkpoints every ``checkpoint_every`` steps and step-based limits."""
+    quiet_lightning()
     ckpt = ModelCheckpoint(
         dirpath=checkpoint_dir(config.out_dir),
         filename="step-{step:07d}",
@@ -192,12 +219,14 @@ def train(
     tracking_uri: str | None = None,
     params: Mapping[str, Any] | None = None,
     extra_callbacks: list[pl.Callback] | None = None,
+    inputs: Sequence[tuple[DataRef, str]] = (),
 ) -> TrainResult:
     """Train ``config.kind`` on the shards; export the EMA model; log everything to MLflow.
 
     ``preset`` is a model preset dict (``glide.models.load_preset``); ``params`` (the composed
-    Hydra config) are logged flattened as the run's parameters. With ``config.resume`` the run
-    continues from ``<out_dir>/checkpoints/last.ckpt`` in the same MLflow run.
+    Hydra config) are logged flattened as the run's parameters; ``inputs`` (dataset, context)
+    as its dataset inputs, linked to the prepare run that made them. With ``config.resume`` the
+    run continues from ``<out_dir>/checkpoints/last.ckpt`` in the same MLflow run.
     """
     start = time.perf_counter()
     root = Path(root)
@@ -250,15 +279,24 @@ def train(
         if run_id is None and params is not None:
             logger.log_hyperparams(flatten_params(params))
         run_id_file.write_text(str(logger.run_id) + "\n")
+        if inputs:
+            link_inputs(logger.experiment, str(logger.run_id), inputs)
 
     with warnings.catch_warnings():
         # The EMA copy is a submodule kept in eval mode on purpose (EMA.train); Lightning's
         # "modules in eval mode" warning would only mislead users.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        # Lightning's own data-loader code (utilities/_pytree.py) builds torch's deprecated
+        # LeafSpec; the FutureWarning is addressed to Lightning, not to our users.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     step = trainer.global_step
     # A final checkpoint at the last step, so `resume` after completion is a no-op.
-    trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt")
+    trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt", weights_only=False)  # full state
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
@@ -297,5 +335,5 @@ def _log_mlflow_model(module: GlideModule, *, run_id: str, tracking_uri: str) ->
             ema,
             name="model",
             serialization_format="pickle",  # pt2 would need a traced example per model kind
-            pip_requirements=["torch", "glide"],  # skip slow requirement inference
+            pip_requirements=["torch", "glide-pipeline"],  # skip slow requirement inference
         )
