@@ -4,7 +4,9 @@ For each model (the ``tiny`` and ``filtered`` presets' base and upsampler) it ti
 step (forward + backward) and a sampling step (forward, no grad) under:
 
 - ``fp32``: eager float32 with the release's einsum attention (the baseline);
-- ``bf16``: ``torch.autocast`` to bfloat16;
+- ``bf16``: ``torch.autocast`` to bfloat16 (what ``precision: bf16`` trains and samples with);
+- ``bf16w``: the weights and inputs themselves in bfloat16 (no per-call casts; GroupNorm32 /
+  LayerNorm32 still normalise in float32), to separate autocast's cast overhead from bf16 compute;
 - ``sdpa``: ``F.scaled_dot_product_attention``;
 - ``channels_last``: NHWC memory format for weights and inputs;
 - ``compile``: ``torch.compile`` (with sdpa). Inductor's cold build of the tiny base's training
@@ -20,6 +22,10 @@ untimed first calls ("first s": warm-up, and for ``compile`` the build).
     python benchmarks/model.py                      # every mode (~20+ minutes on 2 cores)
     python benchmarks/model.py --presets filtered --compile-big
     python benchmarks/model.py --presets tiny --modes fp32,sdpa --reps 5
+    python benchmarks/model.py --presets tiny --parts base --batch 32 --sizes 64,32   # training's
+
+The first line names the CPU kind and what ``precision: auto`` (:mod:`glide.precision`) picks
+there, and why.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glide.models import from_openai_options, load_preset, set_attention_impl
 from glide.models.nn import BF16_TOLERANCE, perturb_
+from glide.precision import detect_hardware, resolve_precision
 
-MODES = ("fp32", "bf16", "sdpa", "channels_last", "compile")
+MODES = ("fp32", "bf16", "bf16w", "sdpa", "channels_last", "compile")
 DEFAULT_MODES = ("fp32", "bf16", "sdpa", "channels_last", "bf16+channels_last", "compile")
 
 
@@ -48,21 +55,32 @@ class Case:
     size: int  # the resolution we run at (convolutional, so it may be below the trained size)
 
 
-def cases(presets: list[str], big_upsample_size: int) -> list[Case]:
+def cases(
+    presets: list[str],
+    big_upsample_size: int,
+    *,
+    parts: tuple[str, ...] = ("base", "upsample"),
+    batch: int | None = None,
+    sizes: list[int] | None = None,
+) -> list[Case]:
+    """Per preset and part: the default batch and size (base: 8 tiny / 2 large at its image size;
+    upsampler: 2 tiny at 256 / 1 large at ``big_upsample_size``), or ``batch`` x each of ``sizes``."""
     out = []
     for preset in presets:
         p = load_preset(preset)
         big = preset != "tiny"
-        base, up = p["base"], p["upsample"]
-        out.append(Case(f"{preset}/base", base, 2 if big else 8, base["image_size"]))
-        out.append(
-            Case(
-                f"{preset}/upsample",
-                up,
+        defaults = {
+            "base": (2 if big else 8, p["base"]["image_size"]),
+            "upsample": (
                 1 if big else 2,
-                big_upsample_size if big else up["image_size"],
-            )
-        )
+                big_upsample_size if big else p["upsample"]["image_size"],
+            ),
+        }
+        for part in parts:
+            b, size = defaults[part]
+            for s in sizes or [size]:
+                suffix = f"@{s}" if sizes else ""
+                out.append(Case(f"{preset}/{part}{suffix}", p[part], batch or b, s))
     return out
 
 
@@ -94,6 +112,11 @@ def prepare(
     ctx: Callable[[], AbstractContextManager] = nullcontext
     if "bf16" in parts:
         ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    if "bf16w" in parts:
+        model = model.to(torch.bfloat16)
+        inputs = {
+            k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()
+        }
     if parts & {"sdpa", "compile"}:
         set_attention_impl(model, "sdpa")
     if "channels_last" in parts:
@@ -114,6 +137,12 @@ def output_error(
     return float((out - reference).pow(2).mean().sqrt() / reference.std())
 
 
+def cpu_kind() -> str:
+    """Which kind of CPU was measured: its name and what decides the precision."""
+    hw = detect_hardware()
+    return f"{hw.cpu_name or 'unknown CPU'}, {hw.describe()}"
+
+
 def train_step(fn: Callable[..., torch.Tensor], inputs: dict) -> None:
     fn(**inputs).float().square().mean().backward()
 
@@ -123,16 +152,21 @@ def sample_step(fn: Callable[..., torch.Tensor], inputs: dict) -> None:
         fn(**inputs)
 
 
-def best_time(step: Callable[[], None], reps: int) -> tuple[float, float]:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def best_time(
+    step: Callable[[], None], reps: int, clock: Callable[[], float] = time.perf_counter
+) -> tuple[float, float]:
     """(fastest of ``reps`` timed calls, the untimed first call: warm-up and compilation)."""
-    t0 = time.perf_counter()
+    t0 = clock()
     step()
-    first = time.perf_counter() - t0
+    first = clock() - t0
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return min(times), first
 
 
@@ -163,20 +197,43 @@ def main() -> None:
     parser.add_argument(
         "--big-upsample-size", type=int, default=128, help="resolution for large upsamplers"
     )
+    parser.add_argument("--parts", default="base,upsample", help="base and/or upsample")
+    parser.add_argument("--batch", type=int, default=None, help="batch size for every case")
+    parser.add_argument(
+        "--sizes", default=None, help="comma list of resolutions (default: each part's own)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or this process's CPU time (with --threads 1: steady on a busy machine)",
+    )
     parser.add_argument(
         "--compile-big",
         action="store_true",
         help="also torch.compile the large presets (off by default to keep the run short)",
     )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     modes = args.modes.split(",")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    auto = resolve_precision("auto", "cpu")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; "
+        f"{cpu_kind()}"
+    )
+    print(f"precision auto on this CPU: {auto.name} ({auto.reason})")
     header = (
         f"{'model':18s} {'mode':20s} {'train s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} "
         f"{'sample s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} {'rel err':>8s} {'first s':>8s}"
     )
     summary: list[str] = []
-    for case in cases(args.presets.split(","), args.big_upsample_size):
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else None
+    parts = tuple(args.parts.split(","))
+    for case in cases(
+        args.presets.split(","), args.big_upsample_size, parts=parts, batch=args.batch, sizes=sizes
+    ):
         big = not case.name.startswith("tiny")
         reps = args.big_reps if big else args.reps
         train_flops, fwd_flops = count_flops(case)
@@ -204,9 +261,10 @@ def main() -> None:
                     with ctx():
                         sample_step(fn, inputs)
 
+                clock = CLOCKS[args.clock]
                 (t_train, first_train), (t_sample, first_sample) = (
-                    best_time(run_train, reps),
-                    best_time(run_sample, reps),
+                    best_time(run_train, reps, clock),
+                    best_time(run_sample, reps, clock),
                 )
                 if reference is None:
                     with torch.no_grad():

@@ -1,6 +1,7 @@
 """The ``glide`` command: sample and inpaint with trained, registered or released models.
 
     glide sample --prompt "a red circle" --out samples/            # grid.png + 000.png ...
+    glide sample --prompt "a red circle" --out red.png --recipe release   # the release's recipe
     glide sample --prompt "a red circle" --out red.png --sampler dpm++ --steps 20 --base-only
     glide sample --prompt "..." --base models:/glide-base@champion --out out.png
     glide sample --prompts-file captions.txt --out samples/        # line-0001.png, line-0001_000.png
@@ -13,12 +14,15 @@ Each subcommand is a ``(name, help, add_arguments, run)`` entry: :data:`COMMANDS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from glide.precision import Precision
+    from glide.sampling import GenerationConfig, Recipe, SamplerSpec
     from glide.sampling.prompts import PromptEntry
 
 __all__ = ["COMMANDS", "all_commands", "build_parser", "main"]
@@ -26,6 +30,13 @@ __all__ = ["COMMANDS", "all_commands", "build_parser", "main"]
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+RECIPE_HELP = {
+    "fast": "DPM-Solver++ on both stages, caption encoded once, channels_last, sdpa, auto "
+    "precision",
+    "release": "the release's ancestral-100 + fast27, eager float32",
+}
 
 
 def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str) -> None:
@@ -66,16 +77,28 @@ def _add_sampling_options(
         help=f"classifier-free guidance scale, 1 = off (default: {guidance:g})",
     )
     g.add_argument(
-        "--sampler",
-        default="ancestral",
-        help="ancestral | fast27 | ddim | dpm++ (default: ancestral, as the release)",
+        "--recipe",
+        choices=sorted(RECIPE_HELP),
+        default="fast",
+        help="; ".join(f"{k}: {v}" for k, v in RECIPE_HELP.items()) + " (default: fast)",
+    )
+    g.add_argument(
+        "--sampler", default=None, help="ancestral | fast27 | ddim | dpm++ (default: the recipe's)"
     )
     g.add_argument("--steps", type=int, default=None, help="sampler steps (default: per sampler)")
     g.add_argument("--base-only", action="store_true", help="stop at the 64x64 base samples")
-    g.add_argument("--upsample-sampler", default="fast27", help="upsampler's sampler (fast27)")
+    g.add_argument(
+        "--upsample-sampler", default=None, help="upsampler's sampler (default: the recipe's)"
+    )
     g.add_argument("--upsample-steps", type=int, default=None, help="upsampler sampler steps")
     g.add_argument(
         "--upsample-temperature", type=float, default=0.997, help="upsampler noise scale (0.997)"
+    )
+    g.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="auto: bf16 where it is faster (GPUs, AMX CPUs), else fp32 (default: the recipe's)",
     )
     g.add_argument("--batch-size", type=int, default=8, help="images per forward batch (8)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -147,21 +170,19 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         GenerationConfig,
         InpaintInputs,
         LoadedModel,
-        parse_sampler,
+        get_recipe,
         save_samples,
         to_pil,
     )
 
     if args.num_images < 1:
         raise CLIError("--num-images must be >= 1")
-    try:
-        sampler = parse_sampler(args.sampler, args.steps)
-        up_sampler = parse_sampler(args.upsample_sampler, args.upsample_steps)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    recipe = get_recipe(args.recipe)
     clip_scale = float(getattr(args, "clip_guidance_scale", 0.0))
-    if clip_scale and sampler.name == "dpm++":
-        raise CLIError("CLIP guidance needs --sampler ancestral, fast27 or ddim (not dpm++)")
+    sampler, up_sampler = _samplers(args, recipe, clip=bool(clip_scale))
+    execution = recipe.execution
+    if args.precision is not None:
+        execution = dataclasses.replace(execution, precision=args.precision)
 
     inputs = None
     prompts = _prompts(args)
@@ -204,6 +225,7 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         batch_size=max(1, args.batch_size),
         seed=args.seed,
         progress=not args.no_progress,
+        execution=execution,
     )
     try:
         cascade = Cascade(
@@ -212,12 +234,15 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
             clip=clip,  # type: ignore[arg-type]
             device=args.device,
         )
+        _report_choice(args, config, cascade.precision(execution))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     metadata = {
         "seed": args.seed,
         "sampler": sampler.label,
         "upsample_sampler": None if args.base_only else up_sampler.label,
+        "recipe": args.recipe,
+        "precision": cascade.precision(execution).name,
         "guidance_scale": f"{args.guidance_scale:g}",
         "clip_guidance_scale": f"{clip_scale:g}",
         "model_version": base.version,
@@ -235,6 +260,44 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         grid, paths = save_samples(to_pil(out.final), target, info)
         print(f"wrote {grid} and {len(paths)} image(s) beside it")
     return 0
+
+
+def _samplers(
+    args: argparse.Namespace, recipe: Recipe, *, clip: bool
+) -> tuple[SamplerSpec, SamplerSpec]:
+    """The base and upsampler samplers: the recipe's unless given. CLIP guidance needs a sampler
+    with a ``cond_fn``, so the fast recipe then samples the base with DDIM at its step count."""
+    from glide.sampling import parse_sampler
+
+    base = args.sampler
+    if base is None:
+        base = recipe.sampler.label
+        if clip and recipe.sampler.name == "dpm++":
+            base = f"ddim-{recipe.sampler.steps}"
+    try:
+        sampler = parse_sampler(base, args.steps)
+        up_name = args.upsample_sampler or recipe.upsample_sampler.label
+        up_sampler = parse_sampler(up_name, args.upsample_steps)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if clip and sampler.name == "dpm++":
+        raise CLIError("CLIP guidance needs --sampler ancestral, fast27 or ddim (not dpm++)")
+    return sampler, up_sampler
+
+
+def _report_choice(
+    args: argparse.Namespace, config: GenerationConfig, precision: Precision
+) -> None:
+    """One line on stderr: the recipe, samplers, precision (and why) and execution levers."""
+    stages = f"base {config.sampler.label}"
+    if config.upsample:
+        stages += f", upsampler {config.upsample_sampler.label} x{config.upsample_temperature:g}"
+    levers = ", ".join(config.execution.levers()) or "eager"
+    print(
+        f"glide {args.command}: recipe {args.recipe}: {stages}; precision {precision.name} "
+        f"({precision.reason}); {levers}",
+        file=sys.stderr,
+    )
 
 
 def _run_sample(args: argparse.Namespace) -> int:

@@ -21,7 +21,9 @@ caption and the oracle's verdict.
 Metrics are computed on the final images when every sample is upsampled
 (``upsample_count < 0``), else on the base samples (the real images are resized to match); the
 first ``upsample_count`` samples of the points named in ``upsample_at`` (all when empty) go
-through the upsampler for their grids.
+through the upsampler for their grids. The sampler table's ``recipes`` rows (``recipe:release``,
+``recipe:fast``) run the whole cascade of a sampling recipe and are measured on its final images,
+resized to the metric resolution.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from glide.sampling import (
     GenerationConfig,
     InpaintInputs,
     LoadedModel,
+    get_recipe,
     parse_sampler,
     to_pil,
 )
@@ -111,6 +114,7 @@ class SamplerTableConfig:
     )  # fmt: skip
     num_images: int = 8
     guidance_scale: float = 3.0
+    recipes: tuple[str, ...] = ()  # full-cascade rows, e.g. ("release", "fast")
 
 
 @dataclass(frozen=True)
@@ -419,8 +423,8 @@ class Evaluator:
         start = time.perf_counter()
         out = self.cascade.generate(captions, gen)
         seconds = (time.perf_counter() - start) / n
-        metric_images = _resize_uint8(out.base, self.metric_size)
-        finals = out.base
+        metric_images = _resize_uint8(out.final if gen.upsample else out.base, self.metric_size)
+        finals = out.final
         wanted = not self.config.upsample_at or f"{method}:{key}" in self.config.upsample_at
         if self.upsample_count and method != "sampler" and (wanted or self.upsample_count == n):
             count = min(self.upsample_count, n)
@@ -563,6 +567,14 @@ class Evaluator:
             spec = parse_sampler(name)
             gen = self._generation(guidance_scale=table.guidance_scale, sampler=spec)
             points.append(self.run_point("sampler", spec.label, gen, m))
+        for name in table.recipes:
+            recipe = get_recipe(name)
+            gen = self._generation(
+                guidance_scale=table.guidance_scale,
+                upsample=self.cascade.upsampler is not None,
+                **recipe.generation_kwargs(),
+            )
+            points.append(self.run_point("sampler", f"recipe:{name}", gen, m))
         inpaint_point = self.run_inpaint()
         retrieval = self.run_clip_retrieval()
         info = {

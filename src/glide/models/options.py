@@ -118,7 +118,8 @@ def from_openai_options(options: Mapping[str, Any]) -> Text2ImUNet:
 
     Besides the release's keys this accepts ``n_vocab`` (default 50257, the GPT-2 BPE),
     ``attention_impl`` ("einsum" | "sdpa") and ``use_checkpoint``. Diffusion keys and
-    ``use_fp16`` / ``cache_text_emb`` are accepted and ignored (use autocast for half precision).
+    ``use_fp16`` / ``cache_text_emb`` are accepted and ignored: precision is chosen at run time
+    (:mod:`glide.precision`) and the caption is cached per trajectory (``model.condition``).
     """
     return build_text2im(text2im_config_from_options(options))
 

@@ -9,6 +9,9 @@ values of the U-Net's attention. Variants differ only in the extra image channel
 - ``InpaintText2ImUNet``: ``[x, image*mask, mask]`` (kwargs ``inpaint_image``, ``inpaint_mask``);
 - ``SuperResText2ImUNet``: ``[x, up(low_res)]`` (kwarg ``low_res``);
 - ``SuperResInpaintText2ImUNet``: ``[x, image*mask, mask, up(low_res)]`` (all three).
+
+Every variant also accepts ``text=model.condition(tokens, mask)`` in place of ``tokens`` and
+``mask``: the caption encoded once for a whole trajectory (:class:`~glide.models.unet.TextCondition`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glide.models.nn import LayerNorm32, timestep_embedding
-from glide.models.unet import UNet, UNetConfig
+from glide.models.unet import TextCondition, UNet, UNetConfig
 from glide.models.xf import Transformer
 
 
@@ -91,17 +94,36 @@ class Text2ImUNet(UNet):
             h = self.final_ln(h)
         return self.transformer_proj(h[:, -1]), h.transpose(1, 2)
 
+    def condition(self, tokens: Tensor, mask: Tensor | None = None) -> TextCondition:
+        """Encode the caption once for a whole trajectory: pass the result as ``text=`` to every
+        step instead of ``tokens`` and ``mask`` (same outputs, without re-running the text
+        transformer and the attention layers' ``encoder_kv`` projections each step)."""
+        if not self.text_config.xf_width:
+            raise ValueError("this model is unconditional: it has no text encoder")
+        return TextCondition(*self.encode_text(tokens, mask))
+
     def forward(
-        self, x: Tensor, timesteps: Tensor, tokens: Tensor | None = None, mask: Tensor | None = None
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        tokens: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        text: TextCondition | None = None,
     ) -> Tensor:
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        xf_out = None
+        encoder_out: Tensor | TextCondition | None = None
         if self.text_config.xf_width:
-            if tokens is None:
-                raise ValueError("this model is text-conditional: pass tokens (and mask)")
-            xf_proj, xf_out = self.encode_text(tokens, mask)
+            if text is None:
+                if tokens is None:
+                    raise ValueError("this model is text-conditional: pass tokens (and mask)")
+                xf_proj, encoder_out = self.encode_text(tokens, mask)
+            else:
+                if len(text) != x.shape[0]:
+                    raise ValueError(f"text encodes {len(text)} rows, x has {x.shape[0]}")
+                xf_proj, encoder_out = text.xf_proj, text
             emb = emb + xf_proj.to(emb.dtype)
-        return self.torso(x, emb, xf_out)
+        return self.torso(x, emb, encoder_out)
 
 
 def _upsample_to(low_res: Tensor, like: Tensor) -> Tensor:
@@ -126,9 +148,10 @@ class InpaintText2ImUNet(Text2ImUNet):
         *,
         inpaint_image: Tensor | None = None,
         inpaint_mask: Tensor | None = None,
+        text: TextCondition | None = None,
     ) -> Tensor:
         h = torch.cat([x, *_inpaint_channels(x, inpaint_image, inpaint_mask)], dim=1)
-        return super().forward(h, timesteps, tokens, mask)
+        return super().forward(h, timesteps, tokens, mask, text=text)
 
 
 class SuperResText2ImUNet(Text2ImUNet):
@@ -142,9 +165,10 @@ class SuperResText2ImUNet(Text2ImUNet):
         mask: Tensor | None = None,
         *,
         low_res: Tensor,
+        text: TextCondition | None = None,
     ) -> Tensor:
         h = torch.cat([x, _upsample_to(low_res, x)], dim=1)
-        return super().forward(h, timesteps, tokens, mask)
+        return super().forward(h, timesteps, tokens, mask, text=text)
 
 
 class SuperResInpaintText2ImUNet(Text2ImUNet):
@@ -160,10 +184,11 @@ class SuperResInpaintText2ImUNet(Text2ImUNet):
         low_res: Tensor,
         inpaint_image: Tensor | None = None,
         inpaint_mask: Tensor | None = None,
+        text: TextCondition | None = None,
     ) -> Tensor:
         extra = _inpaint_channels(x, inpaint_image, inpaint_mask)
         h = torch.cat([x, *extra, _upsample_to(low_res, x)], dim=1)
-        return super().forward(h, timesteps, tokens, mask)
+        return super().forward(h, timesteps, tokens, mask, text=text)
 
 
 def text2im_class(config: Text2ImConfig) -> type[Text2ImUNet]:

@@ -123,6 +123,38 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
+class TextCondition:
+    """The caption's encoding for one denoising trajectory, computed once instead of every step.
+
+    Tokens do not change across the steps of a sample, so the text transformer's outputs, the
+    projected last token ``xf_proj`` [B, 4*model_channels] and the token features ``xf_out``
+    [B, xf_width, text_ctx], are kept here, and each attention layer's keys and values of the
+    tokens (its ``encoder_kv`` projection, split into heads) are memoised on first use. Outputs
+    are bit-identical to recomputing them (the same operations on the same inputs); the memo
+    holds for the batch rows, precision and weights it was built with: one per trajectory.
+    """
+
+    def __init__(self, xf_proj: Tensor, xf_out: Tensor) -> None:
+        self.xf_proj = xf_proj
+        self.xf_out = xf_out
+        self._kv: dict[tuple[nn.Module, str], tuple[Tensor, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.xf_out.shape[0]
+
+    def text_kv(self, layer: AttentionBlock) -> tuple[Tensor, Tensor]:
+        """``layer.text_kv(xf_out)``, computed on the first call for each layer only."""
+        key = (layer, layer.attention_impl)  # the layout differs between implementations
+        kv = self._kv.get(key)
+        if kv is None:
+            kv = self._kv[key] = layer.text_kv(self.xf_out)
+        return kv
+
+
+EncoderOut = Tensor | TextCondition | None
+"""What the attention layers read: raw token features [B, C, L], a cached encoding, or none."""
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over spatial positions; with ``encoder_channels`` the keys and values are
     extended by projections of the text tokens (prepended, as in the release)."""
@@ -158,21 +190,53 @@ class AttentionBlock(nn.Module):
         parts = t.reshape(b, self.num_heads, c // self.num_heads, length).chunk(n, dim=2)
         return [p.transpose(-1, -2) for p in parts]
 
-    def forward(self, x: Tensor, encoder_out: Tensor | None = None) -> Tensor:
-        b, c, *spatial = x.shape
-        q, k, v = self._heads(self.qkv(self.norm(x).reshape(b, c, -1)), 3)
-        if encoder_out is not None:
+    def _heads_last(self, t: Tensor, n: int) -> list[Tensor]:
+        # The same split of [B, L, n*C] tokens-last projections; views with unit stride on D,
+        # the layout scaled_dot_product_attention's fused kernels need.
+        b, length, c = t.shape
+        parts = t.view(b, length, self.num_heads, n, c // (n * self.num_heads)).unbind(3)
+        return [p.transpose(1, 2) for p in parts]
+
+    def text_kv(self, encoder_out: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, H, S, D] of text tokens [B, encoder_channels, S]."""
+        if self.attention_impl == "sdpa":
+            ek, ev = self._heads_last(_pointwise(self.encoder_kv, encoder_out.transpose(1, 2)), 2)
+        else:
             ek, ev = self._heads(self.encoder_kv(encoder_out), 2)
+        return ek, ev
+
+    def forward(self, x: Tensor, encoder_out: EncoderOut = None) -> Tensor:
+        b, c, *spatial = x.shape
+        sdpa = self.attention_impl == "sdpa"
+        h = self.norm(x).reshape(b, c, -1)
+        if sdpa:  # tokens-last: the 1x1 projections become matmuls (a view under channels_last)
+            q, k, v = self._heads_last(_pointwise(self.qkv, h.transpose(1, 2)), 3)
+        else:
+            q, k, v = self._heads(self.qkv(h), 3)
+        if encoder_out is not None:
+            if isinstance(encoder_out, TextCondition):
+                ek, ev = encoder_out.text_kv(self)
+            else:
+                ek, ev = self.text_kv(encoder_out)
             k, v = torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2)
         h = attention(q, k, v, impl=self.attention_impl)  # [B, H, T, D]
-        h = h.transpose(-1, -2).reshape(b, c, -1)
-        return x + self.proj_out(h).reshape(b, c, *spatial)
+        if sdpa:
+            h = _pointwise(self.proj_out, h.transpose(1, 2).reshape(b, -1, c)).transpose(1, 2)
+        else:
+            h = self.proj_out(h.transpose(-1, -2).reshape(b, c, -1))
+        return x + h.reshape(b, c, *spatial)
+
+
+def _pointwise(conv: nn.Module, tokens: Tensor) -> Tensor:
+    """A kernel-size-1 ``Conv1d`` applied to tokens-last input [B, L, C_in] -> [B, L, C_out]."""
+    assert isinstance(conv, nn.Conv1d)
+    return F.linear(tokens, conv.weight.squeeze(-1), conv.bias)
 
 
 class TimestepEmbedSequential(nn.Sequential):
     """A sequence of layers, each fed the time embedding or the text tokens when it takes them."""
 
-    def forward(self, x: Tensor, emb: Tensor, encoder_out: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, emb: Tensor, encoder_out: EncoderOut = None) -> Tensor:  # type: ignore[override]
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
@@ -267,12 +331,12 @@ class UNet(nn.Module):
             GroupNorm32(ch), nn.SiLU(), zero_(nn.Conv2d(first_ch, cfg.out_channels, 3, padding=1))
         )
 
-    def _run(self, block: nn.Module, h: Tensor, emb: Tensor, ctx: Tensor | None) -> Tensor:
+    def _run(self, block: nn.Module, h: Tensor, emb: Tensor, ctx: EncoderOut) -> Tensor:
         if self.config.use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(block, h, emb, ctx, use_reentrant=False)
         return block(h, emb, ctx)
 
-    def torso(self, h: Tensor, emb: Tensor, encoder_out: Tensor | None = None) -> Tensor:
+    def torso(self, h: Tensor, emb: Tensor, encoder_out: EncoderOut = None) -> Tensor:
         """Run the U-Net on an input ``h`` given the embedding ``emb`` (and text tokens)."""
         skips = []
         for block in self.input_blocks:

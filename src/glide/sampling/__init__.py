@@ -6,6 +6,7 @@ from glide.sampling.cascade import (
     CascadeOutput,
     GenerationConfig,
     InpaintInputs,
+    Stage,
     clip_text_embeddings,
     clip_tokens,
     quantize,
@@ -19,6 +20,7 @@ from glide.sampling.model_source import (
     load_model_source,
     openai_dir,
 )
+from glide.sampling.recipes import RECIPES, Execution, Recipe, get_recipe
 from glide.sampling.samplers import (
     SAMPLERS,
     DiffusionSpec,
@@ -29,17 +31,22 @@ from glide.sampling.samplers import (
 )
 
 __all__ = [
+    "RECIPES",
     "SAMPLERS",
     "Cascade",
     "CascadeOutput",
     "DiffusionSpec",
+    "Execution",
     "GenerationConfig",
     "InpaintInputs",
     "LoadedModel",
     "ModelSourceError",
+    "Recipe",
     "SamplerSpec",
+    "Stage",
     "clip_text_embeddings",
     "clip_tokens",
+    "get_recipe",
     "image_grid",
     "load_model_source",
     "openai_dir",

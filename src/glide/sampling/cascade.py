@@ -7,6 +7,10 @@
    upsampler as ``low_res``; the upsampler is conditioned on the caption without guidance and
    starts from noise scaled by a temperature of 0.997 (the release samples it with ``fast27``).
 
+How the networks run (precision, memory format, attention kernel, text caching) is the config's
+:class:`~glide.sampling.recipes.Execution`; the default is the release's eager float32, and
+:data:`~glide.sampling.recipes.RECIPES` names the release recipe and the fast one.
+
 Inpainting uses the inpainting variant of the base model (and of the upsampler when given one; a
 plain upsampler works by replacement alone): they read the known pixels and mask as inputs, and
 the known pixels are pasted into every ``x_0`` prediction, so the result keeps them.
@@ -14,8 +18,10 @@ the known pixels are pasted into every ``x_0`` prediction, so the result keeps t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +30,13 @@ from PIL import Image
 from torch import Tensor
 
 from glide.diffusion import inpaint_denoised_fn
+from glide.diffusion.gaussian_diffusion import CondFn, DenoisedFn, Model
 from glide.guidance import ClassifierFreeGuidance, CLIPGuidance, classifier_free_batch
-from glide.models import NoisedCLIP
+from glide.models import NoisedCLIP, Text2ImUNet
+from glide.precision import Precision, resolve_precision
 from glide.sampling.model_source import LoadedModel
-from glide.sampling.samplers import SamplerSpec, run_sampler
+from glide.sampling.recipes import Execution, grad_context, prepare_model
+from glide.sampling.samplers import DiffusionSpec, SamplerSpec, run_sampler
 from glide.text import Tokenizer
 
 __all__ = [
@@ -35,6 +44,7 @@ __all__ = [
     "CascadeOutput",
     "GenerationConfig",
     "InpaintInputs",
+    "Stage",
     "clip_text_embeddings",
     "clip_tokens",
     "quantize",
@@ -56,6 +66,7 @@ class GenerationConfig:
     batch_size: int = 16
     seed: int = 0
     progress: bool = False
+    execution: Execution = field(default_factory=Execution)
 
 
 @dataclass
@@ -169,6 +180,62 @@ def _resized_encoder(clip: NoisedCLIP, size: int) -> Callable[[Tensor, Tensor], 
     return encode
 
 
+@dataclass
+class Stage:
+    """One stage of the cascade as its sampler sees it: the model callable (guided, and in
+    float32 output), its kwargs, the batch shape, and the sampler's settings."""
+
+    model: Model
+    model_kwargs: dict[str, Any]
+    shape: tuple[int, ...]
+    diffusion: DiffusionSpec
+    sampler: SamplerSpec
+    cond_fn: CondFn | None = None
+    denoised_fn: DenoisedFn | None = None
+    noise_temperature: float = 1.0
+
+    def sample(
+        self,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Run the stage's sampler from fresh noise: [rows, C, H, W] in [-1, 1]."""
+        return run_sampler(
+            self.model,
+            self.shape,
+            diffusion=self.diffusion,
+            sampler=self.sampler,
+            model_kwargs=self.model_kwargs,
+            cond_fn=self.cond_fn,
+            denoised_fn=self.denoised_fn,
+            noise_temperature=self.noise_temperature,
+            generator=generator,
+            device=device,
+            progress=progress,
+        )
+
+
+class _Float32Output:
+    """Returns the model's output in float32, so the sampler's arithmetic never runs in bf16."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        return self.model(x, t, **kwargs).float()
+
+
+def _encode_text(model: Model, kwargs: dict[str, Any], cache: bool) -> dict[str, Any]:
+    """``kwargs`` with ``tokens`` / ``mask`` replaced by the caption encoded once (``text``)."""
+    if not cache or not isinstance(model, Text2ImUNet) or not model.text_config.xf_width:
+        return kwargs
+    out = dict(kwargs)
+    out["text"] = model.condition(out.pop("tokens"), out.pop("mask"))
+    return out
+
+
 class Cascade:
     """Base model, optional upsampler and optional noised CLIP, sampled the release's way."""
 
@@ -187,19 +254,44 @@ class Cascade:
         self.base, self.upsampler, self.clip = base, upsampler, clip
         self.device = torch.device(device)
 
+    def precision(self, execution: Execution) -> Precision:
+        """The precision ``execution`` resolves to on this cascade's device."""
+        return resolve_precision(execution.precision, self.device)
+
+    @contextmanager
+    def running(self, config: GenerationConfig) -> Iterator[Precision]:
+        """Prepare the networks for ``config.execution`` and enter its gradient and autocast
+        contexts (what :meth:`generate` samples in); yields the resolved precision."""
+        execution = config.execution
+        for loaded in (self.base, self.upsampler):
+            if loaded is not None:
+                prepare_model(loaded.model, execution)
+        precision = self.precision(execution)
+        needs_grad = bool(config.clip_guidance_scale)
+        with grad_context(execution, needs_grad=needs_grad), precision.autocast():
+            yield precision
+
+    def _network(self, loaded: LoadedModel, config: GenerationConfig) -> Model:
+        if self.precision(config.execution).dtype is None:
+            return loaded.model
+        return _Float32Output(loaded.model)
+
     def _tokens(self, loaded: LoadedModel, prompts: Sequence[str]) -> dict[str, Tensor]:
         tokens, mask = loaded.tokenizer.batch(list(prompts), loaded.text_ctx)
         return {"tokens": tokens.to(self.device), "mask": mask.to(self.device)}
 
-    def sample_base(
+    def base_stage(
         self,
         prompts: Sequence[str],
         config: GenerationConfig,
         *,
-        generator: torch.Generator | None = None,
         inpaint: InpaintInputs | None = None,
-    ) -> Tensor:
-        """One batch of base samples in [-1, 1], [len(prompts), 3, s, s]."""
+    ) -> Stage:
+        """What :meth:`sample_base` runs for ``prompts``: the (guided) model and its inputs.
+
+        Encodes the caption when ``config.execution.cache_text``: build it inside
+        :meth:`running`, so it is made under the precision the steps use.
+        """
         n, size = len(prompts), self.base.image_size
         if inpaint is not None and not self.base.inpaint:
             raise ValueError(f"{self.base.version} is not an inpainting model")
@@ -229,24 +321,65 @@ class Cascade:
                 logit_scale=self.clip.model.logit_scale,
             )
 
+        network = self._network(self.base, config)
         if guided:
-            model = ClassifierFreeGuidance(self.base.model, config.guidance_scale)
+            model: Model = ClassifierFreeGuidance(network, config.guidance_scale)
             kwargs, rows = classifier_free_batch(cond, uncond), 2 * n
         else:
-            model, kwargs, rows = self.base.model, cond, n
-        out = run_sampler(
-            model,
-            (rows, 3, size, size),
+            model, kwargs, rows = network, cond, n
+        return Stage(
+            model=model,
+            model_kwargs=_encode_text(self.base.model, kwargs, config.execution.cache_text),
+            shape=(rows, 3, size, size),
             diffusion=self.base.diffusion,
             sampler=config.sampler,
-            model_kwargs=kwargs,
             cond_fn=cond_fn,
             denoised_fn=denoised_fn,
-            generator=generator,
-            device=self.device,
-            progress=config.progress,
         )
-        return out[:n]
+
+    def upsample_stage(
+        self,
+        low_res: Tensor,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        *,
+        inpaint: InpaintInputs | None = None,
+    ) -> Stage:
+        """What :meth:`upsample` runs for base samples ``low_res``: the upsampler and its inputs."""
+        if self.upsampler is None:
+            raise ValueError("no upsampler loaded: sample base-only or pass an upsampler")
+        up = self.upsampler
+        kwargs: dict[str, Any] = self._tokens(up, prompts)
+        kwargs["low_res"] = quantize(low_res).to(self.device)
+        denoised_fn = None
+        if inpaint is not None:
+            known, m = _known_rows(inpaint.image_hr, inpaint.mask_hr, len(prompts), self.device)
+            if up.inpaint:
+                kwargs["inpaint_image"], kwargs["inpaint_mask"] = known, m
+            denoised_fn = inpaint_denoised_fn(known, m)
+        size = up.image_size
+        return Stage(
+            model=self._network(up, config),
+            model_kwargs=_encode_text(up.model, kwargs, config.execution.cache_text),
+            shape=(len(prompts), 3, size, size),
+            diffusion=up.diffusion,
+            sampler=config.upsample_sampler,
+            denoised_fn=denoised_fn,
+            noise_temperature=config.upsample_temperature,
+        )
+
+    def sample_base(
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        *,
+        generator: torch.Generator | None = None,
+        inpaint: InpaintInputs | None = None,
+    ) -> Tensor:
+        """One batch of base samples in [-1, 1], [len(prompts), 3, s, s]."""
+        stage = self.base_stage(prompts, config, inpaint=inpaint)
+        out = stage.sample(generator=generator, device=self.device, progress=config.progress)
+        return out[: len(prompts)]
 
     def upsample(
         self,
@@ -262,30 +395,8 @@ class Cascade:
         With ``inpaint``, an inpainting upsampler also reads the known pixels; a plain one keeps
         them by replacement alone (they are pasted into every ``x_0`` prediction either way).
         """
-        if self.upsampler is None:
-            raise ValueError("no upsampler loaded: sample base-only or pass an upsampler")
-        up = self.upsampler
-        kwargs = self._tokens(up, prompts)
-        kwargs["low_res"] = quantize(low_res).to(self.device)
-        denoised_fn = None
-        if inpaint is not None:
-            known, m = _known_rows(inpaint.image_hr, inpaint.mask_hr, len(prompts), self.device)
-            if up.inpaint:
-                kwargs["inpaint_image"], kwargs["inpaint_mask"] = known, m
-            denoised_fn = inpaint_denoised_fn(known, m)
-        size = up.image_size
-        return run_sampler(
-            up.model,
-            (len(prompts), 3, size, size),
-            diffusion=up.diffusion,
-            sampler=config.upsample_sampler,
-            model_kwargs=kwargs,
-            denoised_fn=denoised_fn,
-            noise_temperature=config.upsample_temperature,
-            generator=generator,
-            device=self.device,
-            progress=config.progress,
-        )
+        stage = self.upsample_stage(low_res, prompts, config, inpaint=inpaint)
+        return stage.sample(generator=generator, device=self.device, progress=config.progress)
 
     def generate(
         self,
@@ -304,10 +415,10 @@ class Cascade:
         bases, finals = [], []
         if inpaint is not None and inpaint.image_lr.shape[0] not in (1, len(prompts)):
             raise ValueError("inpainting inputs need one row, or one row per prompt")
-        for start in range(0, len(prompts), config.batch_size):
-            chunk = list(prompts[start : start + config.batch_size])
-            rows = inpaint.rows(start, start + len(chunk)) if inpaint is not None else None
-            with torch.no_grad():
+        with self.running(config):
+            for start in range(0, len(prompts), config.batch_size):
+                chunk = list(prompts[start : start + config.batch_size])
+                rows = inpaint.rows(start, start + len(chunk)) if inpaint is not None else None
                 low = self.sample_base(chunk, config, generator=generator, inpaint=rows)
                 bases.append(to_uint8(low).cpu())
                 if upsample:

@@ -116,7 +116,7 @@ class TrainConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | ... (Lightning strategy names)
-    precision: str = "auto"  # auto: bf16-mixed where supported, else 32-true
+    precision: str = "auto"  # auto: bf16-mixed where bf16 is faster (glide.precision), else 32-true
     activation_checkpointing: bool = False
     num_threads: int = 0  # torch CPU threads; 0: every CPU core
     ema_decay: float = 0.995

@@ -30,6 +30,8 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from glide.models.export import load_model, save_model
+from glide.precision import Hardware, detect_hardware
+from glide.precision import resolve_precision as resolve_shared
 from glide.tracking import ensure_reachable, flatten_params, resolve_tracking_uri
 from glide.tracking.datasets import DataRef, link_inputs
 from glide.training.callbacks import SampleGrid, TrainMonitor
@@ -79,13 +81,21 @@ def set_threads(config: TrainConfig) -> int:
     return n
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto``: bf16 mixed precision on GPUs that support it, else full fp32."""
+def resolve_precision(
+    precision: str, *, accelerator: str = "auto", hardware: Hardware | None = None
+) -> str:
+    """Lightning's precision for ``precision``: ``auto`` is ``bf16-mixed`` where bf16 is faster
+    than float32 (a bf16 GPU, an AMX CPU) and ``32-true`` elsewhere (:mod:`glide.precision`, the
+    resolver sampling uses too); any other value is Lightning's own and passes through."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+    hw = hardware or detect_hardware()
+    device = "cuda" if hw.cuda and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    choice = resolve_shared(precision, device, hardware=hw)
+    log.info(
+        "precision auto: %s on %s (%s; %s)", choice.lightning, device, choice.reason, hw.describe()
+    )
+    return choice.lightning
 
 
 def _mlflow_logger(
@@ -160,7 +170,7 @@ def build_trainer(config: TrainConfig, *, logger: Any, callbacks: list[pl.Callba
         devices=config.devices,
         num_nodes=config.num_nodes,
         strategy=config.strategy,
-        precision=resolve_precision(config.precision),  # type: ignore[arg-type]
+        precision=resolve_precision(config.precision, accelerator=config.accelerator),  # type: ignore[arg-type]
         max_steps=config.max_steps,
         max_time=timedelta(seconds=config.max_time) if config.max_time > 0 else None,
         logger=logger,

@@ -1,0 +1,54 @@
+"""``benchmarks/sample.py --steps-only 1`` on the tiny preset (upsampler at 64px to stay within
+seconds): the benchmark runs, extrapolates and reports levers, machine and output differences."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def _benchmark() -> ModuleType:
+    path = REPO_ROOT / "benchmarks" / "sample.py"
+    spec = importlib.util.spec_from_file_location("benchmark_sample", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sample_benchmark_steps_only_on_tiny(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sample.json"
+    args = ["--preset", "tiny", "--steps-only", "1", "--upsample-size", "64", "--json", str(out)]
+    result = _benchmark().main(args)
+    printed = capsys.readouterr().out
+    assert "release recipe" in printed and "precision auto" in printed
+    data = json.loads(out.read_text())
+    assert data["ratio"] == pytest.approx(result["ratio"])
+    assert data["baseline_s_per_image"] > 0 and data["fastest_s_per_image"] > 0
+    assert data["ratio"] == pytest.approx(
+        data["baseline_s_per_image"] / data["fastest_s_per_image"]
+    )
+    assert data["recipe"]["name"] == "fast" and data["recipe"]["precision"] in ("fp32", "bf16")
+    assert {"cores", "cpu_capability", "cpu_native_bf16", "cuda"} <= set(data["machine"])
+    levers = data["levers"]
+    assert {"text cache", "channels_last", "sdpa", "bf16 autocast"} <= set(levers)
+    assert all(v > 0 for v in levers.values())
+    stages = data["stages"]
+    # extrapolated: 1 measured step stands for the recipe's 100 + 27
+    release = stages["release"]
+    assert (release["base"]["steps"], release["upsample"]["steps"]) == (100, 27)
+    assert release["base"]["measured_steps"] == 1
+    # same math in float32: text caching is bit-identical, channels_last / sdpa round-off only
+    for stage in ("base", "upsample"):
+        assert stages["lever: text cache"]["step_diff"][stage]["max_abs"] == 0.0
+        assert stages["lever: channels_last"]["step_diff"][stage]["rel_rms"] < 1e-4
+        assert stages["lever: sdpa"]["step_diff"][stage]["rel_rms"] < 1e-4
+        assert 0 < stages["lever: bf16 autocast"]["step_diff"][stage]["rel_rms"] < 0.05
