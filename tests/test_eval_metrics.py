@@ -182,3 +182,30 @@ def test_inpaint_tasks_replace_one_object_and_score_edits() -> None:
     found, preserved = inpaint_scores([task, task], [edited, task.image])
     assert found == [True, False]  # the asked object is there / the old one is not it
     assert preserved > 0.99
+
+
+def test_inpaint_mask_covers_an_object_drawn_bigger_than_its_cell() -> None:
+    """In the default world (object_scale 2.5) an object overflows the centre cell: erasing the
+    cell alone would leave most of it in the known pixels and make every edit fail."""
+    import random
+
+    import numpy as np
+
+    from glide.data.oracle import foreground_mask
+    from glide.data.shapes import Scene, ShapeObject, render_scene, to_base_resolution
+    from glide.evaluation.inpaint import make_inpaint_task
+
+    image = render_scene(
+        Scene((ShapeObject("square", "red", "large", 1, 1),), "black"), 256, object_scale=2.5
+    )
+    fg = foreground_mask(to_base_resolution(image, 64))
+    assert fg[:, :21].any() or fg[:21].any()  # it does overflow the cell
+    task = make_inpaint_task(image, 64, random.Random(0))
+    assert task is not None
+    erased = task.mask[0].numpy() < 0.5
+    assert not (fg & ~erased).any()  # every pixel of the old object is erased
+    assert 0.05 < float(task.mask.mean()) < 1 - (43 - 21) ** 2 / 64**2  # more than the cell
+    edited = render_scene(Scene((task.target,), "black"), 256, object_scale=2.5).resize((64, 64))
+    new_fg = foreground_mask(to_base_resolution(edited, 64))
+    assert not (new_fg & ~erased).any()  # the new object fits in the erased box too
+    assert np.asarray(task.image).shape == (64, 64, 3)

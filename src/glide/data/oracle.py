@@ -264,6 +264,13 @@ def parse_background(img: Image.Image | np.ndarray) -> str:
     return _nearest(_border_color(_as_array(img)), BACKGROUNDS)
 
 
+def foreground_mask(img: Image.Image | np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: pixels the oracle counts as part of an object (off the local background)."""
+    arr = _as_array(img)
+    bgf = _background_field(arr, _border_color(arr))
+    return np.linalg.norm(arr - bgf, axis=2) > FOREGROUND_DIST
+
+
 def parse_image(img: Image.Image | np.ndarray) -> list[DetectedObject]:
     """Objects in a square ``shapes``-style image (PIL image or HxWx3 uint8), any resolution."""
     arr = _as_array(img)

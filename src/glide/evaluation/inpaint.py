@@ -1,7 +1,8 @@
 """Inpainting on the built-in world: replace one object of a val scene and check the result.
 
 For each val image the oracle parses the scene; one object (seeded) is erased by masking its grid
-cell, and the caption describes the same scene with a *different* object (another shape and
+cell, grown to the object's whole extent where it overflows the cell (worlds with
+``object_scale > 1``) plus a margin for the new object's outline, and the caption describes the same scene with a *different* object (another shape and
 colour, same size) in that cell. The inpainting model fills the cell; then
 
 - ``inpaint_accuracy``: the oracle finds an object of the asked shape and colour in that cell;
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from glide.data.oracle import parse_background, parse_image
+from glide.data.oracle import foreground_mask, parse_background, parse_image
 from glide.data.shapes import (
     COLORS,
     SHAPES,
@@ -61,12 +62,46 @@ def make_inpaint_task(image: Image.Image, size: int, rng: random.Random) -> Inpa
     new = ShapeObject(rng.choice(shapes), rng.choice(colors), old.size, old.row, old.col)
     kept = [ShapeObject(o.shape, o.color, o.size, o.row, o.col) for o in objects if o is not old]
     caption = describe_scene(Scene((*kept, new), background))
+    y0, x0, y1, x1 = _erase_box(foreground_mask(small), old.row, old.col)
     mask = torch.ones(1, size, size)
-    y0, y1 = round(new.row * size / 3), round((new.row + 1) * size / 3)
-    x0, x1 = round(new.col * size / 3), round((new.col + 1) * size / 3)
-    mask[:, y0:y1, x0:x1] = 0.0
+    scale = size / small.height
+    mask[:, round(y0 * scale) : round(y1 * scale), round(x0 * scale) : round(x1 * scale)] = 0.0
     known = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     return InpaintTask(image=known, mask=mask, caption=caption, target=new)
+
+
+def _erase_box(fg: np.ndarray, row: int, col: int) -> tuple[int, int, int, int]:
+    """``(y0, x0, y1, x1)`` to erase for the object in cell ``(row, col)`` of foreground ``fg``:
+    the cell, grown to the bounding box of the foreground connected to the cell (an object drawn
+    bigger than its cell), and, when it grew, by a margin of a tenth of the image for the new
+    object's different outline."""
+    n = fg.shape[0]
+    y0, y1, x0, x1 = (
+        round(row * n / 3),
+        round((row + 1) * n / 3),
+        round(col * n / 3),
+        round((col + 1) * n / 3),
+    )
+    seen = np.zeros_like(fg)
+    stack = [(y, x) for y in range(y0, y1) for x in range(x0, x1) if fg[y, x]]
+    for y, x in stack:
+        seen[y, x] = True
+    while stack:  # flood fill (4-neighbours) from the cell's foreground pixels
+        y, x = stack.pop()
+        for v, u in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= v < n and 0 <= u < n and fg[v, u] and not seen[v, u]:
+                seen[v, u] = True
+                stack.append((v, u))
+    ys, xs = np.nonzero(seen)
+    if ys.size == 0 or (ys.min() >= y0 and ys.max() < y1 and xs.min() >= x0 and xs.max() < x1):
+        return y0, x0, y1, x1
+    m = round(n / 10)
+    return (
+        max(0, min(y0, int(ys.min())) - m),
+        max(0, min(x0, int(xs.min())) - m),
+        min(n, max(y1, int(ys.max()) + 1) + m),
+        min(n, max(x1, int(xs.max()) + 1) + m),
+    )
 
 
 def _found(image: Image.Image, target: ShapeObject) -> bool:

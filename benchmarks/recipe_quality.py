@@ -1,0 +1,121 @@
+"""Quality guard for fast sampling: the release recipe against the fast one on trained models.
+
+Speed that changes the picture is not speed. This draws the same captions of the val set through
+the full cascade with each sampling recipe (``glide.sampling.RECIPES``, plus upsampler-step
+variants of ``fast``), for several seeds, and prints what ``evaluate``'s sampler table reports:
+oracle caption accuracy with its 95% interval, per-attribute accuracy on single-object captions,
+``fd_clip`` and seconds per image. The seeds give the noise: a recipe is "within noise" of the
+release when its difference is no larger than the release's own spread across seeds.
+
+    python benchmarks/recipe_quality.py                       # models/ of `make run`, seeds 0,1
+    python benchmarks/recipe_quality.py --seeds 0,1,2 --base-steps 8 --upsample-steps 8,10
+    python benchmarks/recipe_quality.py --json reports/recipe_quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glide.config import compose, project_root
+from glide.evaluation import EvaluateConfig, Evaluator
+from glide.sampling import RECIPES, Recipe, SamplerSpec, load_model_source
+
+
+def _stage_overrides(argv: list[str]) -> list[str]:
+    """The evaluate stage's own composition (``pipelines/evaluate.py``)."""
+    path = project_root() / "pipelines" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_stage", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._overrides(argv)
+
+
+def recipes(base_steps: list[int], upsample_steps: list[int]) -> dict[str, Recipe]:
+    """``release``, ``fast``, and ``fast`` with each other base / upsampler step count."""
+    fast = RECIPES["fast"]
+    out = {"release": RECIPES["release"], "fast": fast}
+    for n in base_steps:
+        if n != fast.sampler.steps:
+            out[f"fast, base dpm++-{n}"] = dataclasses.replace(
+                fast, sampler=SamplerSpec("dpm++", n)
+            )
+    for n in upsample_steps:
+        if n != fast.upsample_sampler.steps:
+            out[f"fast, upsampler dpm++-{n}"] = dataclasses.replace(
+                fast, upsample_sampler=SamplerSpec("dpm++", n)
+            )
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--num-images", type=int, default=64, help="captions per recipe and seed")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--base-steps", default="", help="fast variants' base steps, e.g. 8,15")
+    p.add_argument("--upsample-steps", default="", help="fast variants' upsampler steps, e.g. 8")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("overrides", nargs="*", help="evaluate config overrides, e.g. evaluate.base=...")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = compose("config", _stage_overrides(args.overrides))
+    raw = dict(cfg["evaluate"])
+    raw.update(num_captions=args.num_images, min_single_object=args.num_images, inpaint=None)
+    table = recipes(
+        [int(s) for s in args.base_steps.split(",") if s],
+        [int(s) for s in args.upsample_steps.split(",") if s],
+    )
+    results: dict[str, dict[str, Any]] = {name: {} for name in table}
+    load = {"tokenizer_path": raw.get("tokenizer_path"), "device": raw.get("device", "cpu")}
+    models = {
+        k: load_model_source(raw[k], **load) if raw.get(k) else None
+        for k in ("base", "upsampler", "clip")
+    }
+    for seed in (int(s) for s in args.seeds.split(",")):
+        config = EvaluateConfig.from_dict({**raw, "seed": seed})
+        ev = Evaluator(config, base=models["base"], upsampler=models["upsampler"], clip=models["clip"], log=lambda _: None)  # fmt: skip
+        n = min(args.num_images, len(ev.captions))
+        for name, recipe in table.items():
+            gen = ev._generation(
+                guidance_scale=args.guidance_scale, upsample=True, **recipe.generation_kwargs()
+            )
+            start = time.perf_counter()
+            point = ev.run_point("sampler", f"recipe:{name}", gen, n)
+            m = point.metrics
+            results[name][str(seed)] = {**m, "wall_s": time.perf_counter() - start}
+            lo, hi = m.get("caption_accuracy_ci95", (float("nan"), float("nan")))
+            attrs = m.get("attributes_single", {})
+            print(
+                f"seed {seed}  {name:28s} caption accuracy {m['caption_accuracy']:.3f} "
+                f"({lo:.2f}-{hi:.2f})  single {m.get('caption_accuracy_single', float('nan')):.3f}  "
+                + " ".join(f"{k} {v:.2f}" for k, v in attrs.items())
+                + f"  fd_clip {m.get('fd_clip', float('nan')):.3f}  "
+                f"{m.get('seconds_per_image', float('nan')):.2f} s/image",
+                flush=True,
+            )
+    print(f"\n| recipe | {' | '.join(f'seed {s}' for s in args.seeds.split(','))} | fd_clip |")
+    print("|---" * (2 + len(args.seeds.split(","))) + "|")
+    for name, by_seed in results.items():
+        accs = " | ".join(f"{r['caption_accuracy']:.3f}" for r in by_seed.values())
+        fds = ", ".join(f"{r.get('fd_clip', float('nan')):.2f}" for r in by_seed.values())
+        print(f"| {name} | {accs} | {fds} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
