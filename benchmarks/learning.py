@@ -218,13 +218,7 @@ class Run:
         self.ema = EMA(self.model, r.ema_decay)
         self.options = options
         self.diffusion = create_gaussian_diffusion(parametrization=r.parametrization)
-        self.objective = TrainingObjective(
-            self.diffusion,
-            timestep_sampler=r.timestep_sampler,
-            timestep_bins=r.timestep_bins or None,
-            loss_weighting=r.loss_weighting,
-            min_snr_gamma=r.min_snr_gamma,
-        )
+        self.objective = TrainingObjective.from_recipe(self.diffusion, r)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=r.lr, weight_decay=0.0)
         self.step = 0
         self.n_params = sum(p.numel() for p in self.model.parameters())

@@ -8,7 +8,7 @@ oracle caption accuracy with its 95% interval, per-attribute accuracy on single-
 release when its difference is no larger than the release's own spread across seeds.
 
     python benchmarks/recipe_quality.py                       # models/ of `make run`, seeds 0,1
-    python benchmarks/recipe_quality.py --seeds 0,1,2 --base-steps 8 --upsample-steps 8,10
+    python benchmarks/recipe_quality.py --seeds 0,1,2 --base-samplers dpm++-8 --upsamplers dpm++-8,ancestral-10
     python benchmarks/recipe_quality.py --json reports/recipe_quality.json
 """
 
@@ -26,7 +26,7 @@ import torch
 
 from glide.config import compose, project_root
 from glide.evaluation import EvaluateConfig, Evaluator
-from glide.sampling import RECIPES, Recipe, SamplerSpec, load_model_source
+from glide.sampling import RECIPES, Recipe, load_model_source, parse_sampler
 
 
 def _stage_overrides(argv: list[str]) -> list[str]:
@@ -39,20 +39,18 @@ def _stage_overrides(argv: list[str]) -> list[str]:
     return module._overrides(argv)
 
 
-def recipes(base_steps: list[int], upsample_steps: list[int]) -> dict[str, Recipe]:
-    """``release``, ``fast``, and ``fast`` with each other base / upsampler step count."""
+def recipes(base: list[str], upsample: list[str]) -> dict[str, Recipe]:
+    """``release``, ``fast``, and ``fast`` with each other base / upsampler sampler."""
     fast = RECIPES["fast"]
     out = {"release": RECIPES["release"], "fast": fast}
-    for n in base_steps:
-        if n != fast.sampler.steps:
-            out[f"fast, base dpm++-{n}"] = dataclasses.replace(
-                fast, sampler=SamplerSpec("dpm++", n)
-            )
-    for n in upsample_steps:
-        if n != fast.upsample_sampler.steps:
-            out[f"fast, upsampler dpm++-{n}"] = dataclasses.replace(
-                fast, upsample_sampler=SamplerSpec("dpm++", n)
-            )
+    for label in base:
+        spec = parse_sampler(label)
+        if spec != fast.sampler:
+            out[f"fast, base {spec.label}"] = dataclasses.replace(fast, sampler=spec)
+    for label in upsample:
+        spec = parse_sampler(label)
+        if spec != fast.upsample_sampler:
+            out[f"fast, upsampler {spec.label}"] = dataclasses.replace(fast, upsample_sampler=spec)
     return out
 
 
@@ -62,8 +60,9 @@ def main() -> None:
     )
     p.add_argument("--num-images", type=int, default=64, help="captions per recipe and seed")
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--base-steps", default="", help="fast variants' base steps, e.g. 8,15")
-    p.add_argument("--upsample-steps", default="", help="fast variants' upsampler steps, e.g. 8")
+    p.add_argument("--base-samplers", default="", help="fast variants' base, e.g. dpm++-8")
+    p.add_argument("--upsamplers", default="", help="fast variants' upsampler, e.g. ancestral-10")
+    p.add_argument("--only-variants", action="store_true", help="skip release and fast")
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH")
@@ -75,9 +74,11 @@ def main() -> None:
     raw = dict(cfg["evaluate"])
     raw.update(num_captions=args.num_images, min_single_object=args.num_images, inpaint=None)
     table = recipes(
-        [int(s) for s in args.base_steps.split(",") if s],
-        [int(s) for s in args.upsample_steps.split(",") if s],
+        [s for s in args.base_samplers.split(",") if s],
+        [s for s in args.upsamplers.split(",") if s],
     )
+    if args.only_variants:
+        table = {k: v for k, v in table.items() if k not in ("release", "fast")}
     results: dict[str, dict[str, Any]] = {name: {} for name in table}
     load = {"tokenizer_path": raw.get("tokenizer_path"), "device": raw.get("device", "cpu")}
     models = {

@@ -276,16 +276,16 @@ def test_distribution_is_glide_pipeline_and_owns_the_glide_package(tmp_path: Pat
         assert img.text["software"] == f"glide {version('glide-pipeline')}"
 
 
-def test_sample_defaults_to_the_fast_recipe_and_says_what_it_chose(
+def test_sample_defaults_to_the_balanced_recipe_and_says_what_it_chose(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["sample", "--prompt", "a red circle", "-n", "1", "--no-progress", "--base-only"]
     args += ["--base", str(models["base"])]
     assert main([*args, "--out", str(tmp_path / "fast.png"), "--steps", "2"]) == 0
     err = capsys.readouterr().err
-    assert "recipe fast: base dpm++-2" in err and "precision " in err and "text cache" in err
+    assert "recipe balanced: base dpm++-2" in err and "precision " in err and "text cache" in err
     with Image.open(tmp_path / "fast_000.png") as img:
-        assert img.text["recipe"] == "fast" and img.text["sampler"] == "dpm++-2"
+        assert img.text["recipe"] == "balanced" and img.text["sampler"] == "dpm++-2"
         assert img.text["precision"] in ("fp32", "bf16")
     release = [*args, "--out", str(tmp_path / "rel.png"), "--recipe", "release", "--steps", "3"]
     assert main([*release, "--precision", "fp32"]) == 0

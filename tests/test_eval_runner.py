@@ -90,6 +90,7 @@ def test_evaluate_stage_end_to_end(
         "evaluate.sweep.grid_images=4",
         "evaluate.sampler_table.samplers=[ddim-2,dpm++-3]",
         "evaluate.sampler_table.num_images=2",
+        "evaluate.sampler_table.recipes=[fast]",  # release and balanced need a 1000-step process
     ]
     assert evaluate_stage.main(overrides) == 0
     printed = capsys.readouterr().out
@@ -97,7 +98,7 @@ def test_evaluate_stage_end_to_end(
 
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert set(metrics["cfg"]) == {"1", "3"} and set(metrics["clip"]) == {"0", "20"}
-    assert set(metrics["samplers"]) == {"ddim-2", "dpm++-3"}
+    assert set(metrics["samplers"]) == {"ddim-2", "dpm++-3", "recipe:fast"}  # + the full cascade
     point = metrics["cfg"]["3"]
     for key in ("fd_clip", "clip_score", "caption_accuracy", "oracle_score", "seconds_per_image"):
         assert key in point
@@ -124,7 +125,7 @@ def test_evaluate_stage_end_to_end(
     ]  # fmt: skip
     assert rows[0]["fid"] == "" and float(rows[0]["fd_clip"]) >= 0
     samplers = list(csv.DictReader((tmp_path / "plots" / "samplers.csv").open()))
-    assert [r["sampler"] for r in samplers] == ["ddim-2", "dpm++-3"]
+    assert [r["sampler"] for r in samplers] == ["ddim-2", "dpm++-3", "recipe:fast"]
     with Image.open(tmp_path / "plots" / "guidance_pareto.png") as img:
         assert img.size[0] > img.size[1] > 100
     with Image.open(tmp_path / "reports" / "evaluate" / "cfg_3.png") as img:

@@ -147,6 +147,13 @@ def test_recipes() -> None:
     assert fast.sampler.name == fast.upsample_sampler.name == "dpm++"
     assert fast.upsample_temperature == pytest.approx(0.997)
     assert fast.execution.precision == "auto" and fast.execution.cache_text
+    balanced = get_recipe("balanced")  # glide sample's default: fast base, the release's upsampler
+    assert (balanced.sampler, balanced.execution) == (fast.sampler, fast.execution)
+    assert balanced.upsample_sampler == release.upsample_sampler
+    from glide.cli import DEFAULT_RECIPE as CLI_DEFAULT
+    from glide.sampling import DEFAULT_RECIPE
+
+    assert CLI_DEFAULT == DEFAULT_RECIPE == "balanced"
     assert GenerationConfig().execution == release.execution  # the library default is unchanged
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("turbo")

@@ -137,6 +137,7 @@ def test_evaluate_run_logs_its_caption_set(
     overrides = [f"evaluate.base={base}", "evaluate.upsampler=null", "evaluate.clip=null"]
     overrides += ["evaluate.inpaint=null"]
     overrides += ["evaluate.fid.enabled=false", "evaluate.sweep.clip_scales=[]"]
+    overrides += ["evaluate.sampler_table.recipes=[]"]
     assert evaluate_stage.main([*overrides, "evaluate.sampler_table.samplers=[]"]) == 0
     run = prepared.run_named("evaluate")
     inputs = _inputs(run)

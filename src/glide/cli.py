@@ -33,10 +33,13 @@ class CLIError(Exception):
 
 
 RECIPE_HELP = {
+    "balanced": "the fast recipe's 10-step DPM-Solver++ base and execution levers, the "
+    "release's fast27 upsampler",
     "fast": "DPM-Solver++ on both stages, caption encoded once, channels_last, sdpa, auto "
     "precision",
     "release": "the release's ancestral-100 + fast27, eager float32",
 }
+DEFAULT_RECIPE = "balanced"  # glide.sampling.DEFAULT_RECIPE (not imported: --help stays fast)
 
 
 def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str) -> None:
@@ -79,8 +82,9 @@ def _add_sampling_options(
     g.add_argument(
         "--recipe",
         choices=sorted(RECIPE_HELP),
-        default="fast",
-        help="; ".join(f"{k}: {v}" for k, v in RECIPE_HELP.items()) + " (default: fast)",
+        default=DEFAULT_RECIPE,
+        help="; ".join(f"{k}: {v}" for k, v in RECIPE_HELP.items())
+        + f" (default: {DEFAULT_RECIPE})",
     )
     g.add_argument(
         "--sampler", default=None, help="ancestral | fast27 | ddim | dpm++ (default: the recipe's)"

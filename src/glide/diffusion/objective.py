@@ -48,6 +48,19 @@ class TrainingObjective:
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
 
+    @classmethod
+    def from_recipe(cls, diffusion: GaussianDiffusion, recipe: Any) -> TrainingObjective:
+        """Build from any config with ``timestep_sampler``, ``timestep_bins`` (0: one bin per
+        timestep), ``loss_weighting`` and ``min_snr_gamma`` attributes (``TrainConfig``, the
+        learning benchmark's recipes)."""
+        return cls(
+            diffusion,
+            timestep_sampler=recipe.timestep_sampler,
+            timestep_bins=recipe.timestep_bins or None,
+            loss_weighting=recipe.loss_weighting,
+            min_snr_gamma=recipe.min_snr_gamma,
+        )
+
     def losses(
         self,
         model: Model,

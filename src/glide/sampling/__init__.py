@@ -20,7 +20,7 @@ from glide.sampling.model_source import (
     load_model_source,
     openai_dir,
 )
-from glide.sampling.recipes import RECIPES, Execution, Recipe, get_recipe
+from glide.sampling.recipes import DEFAULT_RECIPE, RECIPES, Execution, Recipe, get_recipe
 from glide.sampling.samplers import (
     SAMPLERS,
     DiffusionSpec,
@@ -31,6 +31,7 @@ from glide.sampling.samplers import (
 )
 
 __all__ = [
+    "DEFAULT_RECIPE",
     "RECIPES",
     "SAMPLERS",
     "Cascade",

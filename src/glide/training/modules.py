@@ -120,13 +120,7 @@ class GlideModule(pl.LightningModule):
             noise_schedule=config.noise_schedule,
             parametrization=config.parametrization,
         )
-        self.objective = TrainingObjective(
-            self.diffusion,
-            timestep_sampler=config.timestep_sampler,
-            timestep_bins=config.timestep_bins or None,
-            loss_weighting=config.loss_weighting,
-            min_snr_gamma=config.min_snr_gamma,
-        )
+        self.objective = TrainingObjective.from_recipe(self.diffusion, config)
         self._tokenizer: Tokenizer | None = None
         self.corrupt_total = 0  # corrupt samples the data stream skipped so far
 
