@@ -221,7 +221,7 @@ def check_pipeline(proj: Path, env: dict[str, str], uri: str) -> None:
     sample = glide_sample(proj, env, "models:/glide-base@champion")
     from PIL import Image
 
-    assert Image.open(sample).size[0] >= 64
+    assert Image.open(sample).size[0] >= 32  # the tiny base samples at 32x32
     compared = commands(proj, env, "compare", "--stage", "evaluate", "--report", "cmp.html")
     assert compared.returncode == 0, compared.stderr
     assert (proj / "cmp.html").is_file() and list((proj / "cmp_files").rglob("*.png"))
@@ -265,7 +265,10 @@ def check_dataset_lineage(proj: Path, client: Any) -> None:
     for name in ("glide-base", "glide-upsampler", "glide-inpaint", "glide-clip"):
         mv = client.get_model_version_by_alias(name, "champion")
         assert mv.tags["lineage.evaluate_run_id"] == evaluated
-        assert len(mv.tags) <= 30, sorted(mv.tags)
+        # bounded: ~18 lineage / promotion tags, the gated metrics and at most max_metric_tags (16)
+        # summary metrics; the rest stay on the evaluate run
+        assert sum(k.startswith("metric.") for k in mv.tags) <= 16 + 2, sorted(mv.tags)
+        assert len(mv.tags) <= 40, sorted(mv.tags)
 
 
 def test_pipeline_end_to_end_sqlite(tmp_path: Path) -> None:

@@ -164,7 +164,12 @@ def test_resume_after_kill_9(shards: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     ckdir = tmp_path / "models" / "base" / "checkpoints"
     deadline = time.time() + 300
-    while not list(ckdir.glob("step-*.ckpt")) and time.time() < deadline and proc.poll() is None:
+
+    # step-N.ckpt is written before last.ckpt: wait for both, or the kill can land in between
+    def saved() -> bool:
+        return bool(list(ckdir.glob("step-*.ckpt"))) and (ckdir / "last.ckpt").is_file()
+
+    while not saved() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
     os.kill(proc.pid, signal.SIGKILL)
