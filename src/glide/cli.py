@@ -90,7 +90,9 @@ def _add_sampling_options(
         "--sampler", default=None, help="ancestral | fast27 | ddim | dpm++ (default: the recipe's)"
     )
     g.add_argument("--steps", type=int, default=None, help="sampler steps (default: per sampler)")
-    g.add_argument("--base-only", action="store_true", help="stop at the 64x64 base samples")
+    g.add_argument(
+        "--base-only", action="store_true", help="stop at the base samples (64x64; 32x32 tiny)"
+    )
     g.add_argument(
         "--upsample-sampler", default=None, help="upsampler's sampler (default: the recipe's)"
     )
@@ -238,7 +240,8 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
             clip=clip,  # type: ignore[arg-type]
             device=args.device,
         )
-        _report_choice(args, config, cascade.precision(execution))
+        precision = cascade.precision(execution)
+        _report_choice(args, config, precision)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     metadata = {
@@ -246,7 +249,7 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         "sampler": sampler.label,
         "upsample_sampler": None if args.base_only else up_sampler.label,
         "recipe": args.recipe,
-        "precision": cascade.precision(execution).name,
+        "precision": precision.name,
         "guidance_scale": f"{args.guidance_scale:g}",
         "clip_guidance_scale": f"{clip_scale:g}",
         "model_version": base.version,

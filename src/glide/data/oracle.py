@@ -180,7 +180,7 @@ def _shift(a: np.ndarray, dy: int, dx: int, fill: float | bool) -> np.ndarray:
     return out
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """4-connected component labels (0 = background), by union-find over row runs."""
     h, _ = mask.shape
     padded = np.zeros((h, mask.shape[1] + 2), np.int8)
@@ -280,7 +280,7 @@ def parse_image(img: Image.Image | np.ndarray) -> list[DetectedObject]:
     diff = arr - bgf
     dist = np.linalg.norm(diff, axis=2)
     mask = dist > FOREGROUND_DIST
-    labels, n = _label(mask)
+    labels, n = label_components(mask)
     cell_w, cell_h = w / 3.0, h / 3.0
     min_area = MIN_AREA_FRACTION * h * w
     out = []

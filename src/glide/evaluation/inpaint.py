@@ -21,7 +21,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from glide.data.oracle import foreground_mask, parse_background, parse_image
+from glide.data.oracle import (
+    foreground_mask,
+    label_components,
+    parse_background,
+    parse_image,
+)
 from glide.data.shapes import (
     COLORS,
     SHAPES,
@@ -82,16 +87,9 @@ def _erase_box(fg: np.ndarray, row: int, col: int) -> tuple[int, int, int, int]:
         round(col * n / 3),
         round((col + 1) * n / 3),
     )
-    seen = np.zeros_like(fg)
-    stack = [(y, x) for y in range(y0, y1) for x in range(x0, x1) if fg[y, x]]
-    for y, x in stack:
-        seen[y, x] = True
-    while stack:  # flood fill (4-neighbours) from the cell's foreground pixels
-        y, x = stack.pop()
-        for v, u in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-            if 0 <= v < n and 0 <= u < n and fg[v, u] and not seen[v, u]:
-                seen[v, u] = True
-                stack.append((v, u))
+    labels, _ = label_components(fg)  # the oracle's own 4-connected components
+    ids = np.unique(labels[y0:y1, x0:x1])
+    seen = np.isin(labels, ids[ids > 0])
     ys, xs = np.nonzero(seen)
     if ys.size == 0 or (ys.min() >= y0 and ys.max() < y1 and xs.min() >= x0 and xs.max() < x1):
         return y0, x0, y1, x1
