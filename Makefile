@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run params test lint format bench clean-venv ui
+.PHONY: run params test test-numerics lint format bench clean-venv ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,17 @@ params: $(STAMP)
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+
+# The float-sensitive tests (marker `numerics`) again with the kernels of other CPUs: AVX2 without
+# AVX-512 (what an AMD Zen 2/3 or an older Intel runs) and torch's plain C++ kernels, so a
+# developer on one kind of CPU sees what another kind computes. README, "Development".
+NUMERICS_KERNELS := "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" \
+	"ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41"
+test-numerics: $(STAMP)
+	@for kernels in $(NUMERICS_KERNELS); do \
+		echo "== numerics tests with $$kernels"; \
+		env $$kernels PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m 'numerics and not slow' || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

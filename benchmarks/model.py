@@ -24,8 +24,10 @@ untimed first calls ("first s": warm-up, and for ``compile`` the build).
     python benchmarks/model.py --presets tiny --modes fp32,sdpa --reps 5
     python benchmarks/model.py --presets tiny --parts base --batch 32 --sizes 64,32   # training's
 
-The first line names the CPU kind and what ``precision: auto`` (:mod:`glide.precision`) picks
-there, and why.
+The first lines name the CPU kind and what ``precision: auto`` (:mod:`glide.precision`) picks
+there for the tiny base, with the timings behind it (measured, or read from the cache; where bf16
+is emulated, why it was not timed); each model's table ends with the decision ``auto`` would make
+from that table's own float32 and bf16 sampling-step timings.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glide.models import from_openai_options, load_preset, set_attention_impl
 from glide.models.nn import BF16_TOLERANCE, perturb_
-from glide.precision import detect_hardware, resolve_precision
+from glide.precision import decide_precision, detect_hardware, resolve_precision
 
 MODES = ("fp32", "bf16", "bf16w", "sdpa", "channels_last", "compile")
 DEFAULT_MODES = ("fp32", "bf16", "sdpa", "channels_last", "bf16+channels_last", "compile")
@@ -223,7 +225,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; "
         f"{cpu_kind()}"
     )
-    print(f"precision auto on this CPU: {auto.name} ({auto.reason})")
+    print(f"precision auto on this CPU (tiny base, batch 2): {auto.name} ({auto.reason})")
     header = (
         f"{'model':18s} {'mode':20s} {'train s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} "
         f"{'sample s':>9s} {'x fp32':>7s} {'GFLOP/s':>8s} {'rel err':>8s} {'first s':>8s}"
@@ -246,6 +248,7 @@ def main() -> None:
         base: tuple[float, float] | None = None
         reference: torch.Tensor | None = None
         speedups: dict[str, float] = {}
+        sampled: dict[str, tuple[float, float]] = {}  # mode -> (sampling step s, rel err)
         for mode in modes:
             if mode == "compile" and big and not args.compile_big:
                 print(f"{case.name:18s} {mode:20s} skipped (pass --compile-big)")
@@ -276,10 +279,17 @@ def main() -> None:
             if base is None:
                 base = (t_train, t_sample)
             speedups[mode] = base[0] / t_train
+            sampled[mode] = (t_sample, err)
             print(
                 f"{case.name:18s} {mode:20s} {t_train:9.3f} {base[0] / t_train:7.2f} "
                 f"{train_flops / t_train / 1e9:8.1f} {t_sample:9.3f} {base[1] / t_sample:7.2f} "
                 f"{fwd_flops / t_sample / 1e9:8.1f} {err:8.1e} {first_train + first_sample:8.1f}"
+            )
+        if "fp32" in sampled and "bf16" in sampled:
+            picked = decide_precision(sampled["fp32"][0], *sampled["bf16"])
+            print(
+                f"{case.name}: precision auto from these sampling steps: {picked.name} "
+                f"({picked.reason})"
             )
         if speedups:
             best = max(speedups, key=speedups.__getitem__)

@@ -26,6 +26,11 @@ this only checks sanity, the quality guard is ``evaluate``'s sampler table).
     python benchmarks/sample.py --preset tiny --steps-only 1    # seconds (the test suite's)
     python benchmarks/sample.py --threads 1 --clock cpu --steps-only 2   # on a busy machine
 
+Where bf16 is emulated (a CPU whose flags list neither ``avx512_bf16`` nor ``amx_bf16``: ~8x
+slower than float32) the rows that force bf16 (``fast, bf16`` and the bf16 autocast lever) are
+skipped, saying so on stdout and under ``skipped`` in the JSON (``--emulated-bf16`` times them
+anyway); ``precision: auto`` keeps float32 there without timing.
+
 On a shared machine, wall times swing with the other load; ``--threads 1 --clock cpu`` times
 this process's CPU seconds instead, which other processes barely move (report its ratios, and
 say so: one thread's ratios are close to, not equal to, two threads').
@@ -149,6 +154,20 @@ def recipes_to_time(levers: bool) -> dict[str, Recipe]:
     return out
 
 
+def skip_emulated_bf16(recipes: dict[str, Recipe]) -> dict[str, str]:
+    """Remove the recipes forcing bf16 where this CPU emulates it; returns {name: why}."""
+    if not detect_hardware().cpu_bf16_emulated:
+        return {}
+    why = (
+        "bf16 is emulated on this CPU (no avx512_bf16 / amx_bf16 flag): ~8x slower than float32, "
+        "not timed (--emulated-bf16 times it)"
+    )
+    names = [name for name, r in recipes.items() if r.execution.precision == "bf16"]
+    for name in names:
+        del recipes[name]
+    return dict.fromkeys(names, why)
+
+
 def shortened(spec: SamplerSpec, steps: int) -> SamplerSpec:
     """The same kind of sampler with ``steps`` model evaluations (fast27 -> ancestral)."""
     name = "ancestral" if spec.name == "fast27" else spec.name
@@ -270,6 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base, up = build_models(args.preset, weights, args.upsample_size)
     cascade = Cascade(base, upsampler=up)
     recipes = recipes_to_time(not args.no_levers)
+    skipped = skip_emulated_bf16(recipes) if not args.emulated_bf16 else {}
     mode = (
         f"{args.steps_only} step(s) per stage, extrapolated"
         if args.steps_only
@@ -280,6 +300,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{base.image_size}px base, {up.image_size}px upsampler\n"
     )
 
+    if skipped:
+        print(f"skipped {', '.join(skipped)}: {next(iter(skipped.values()))}\n")
     for recipe in recipes.values():  # warm-up: allocations, oneDNN primitives, lazy inits
         time_recipe(cascade, recipe, steps=1)
     reference = step_outputs(cascade, recipes["release"])
@@ -359,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: {k: v for k, v in row.items() if k != "image"} for name, row in rows.items()
         },
         "image_diff": image_diff,
+        "skipped": skipped,
         "mode": {
             "preset": args.preset,
             "weights": args.weights,
@@ -391,6 +414,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="wall time, or this process's CPU time (with --threads 1: steady on a busy machine)",
     )
     p.add_argument("--no-levers", action="store_true", help="time release and fast only")
+    p.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="time the forced-bf16 rows even where this CPU emulates bf16 (~8x slower)",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     args = p.parse_args(argv)
     if args.steps_only is not None and args.steps_only < 1:

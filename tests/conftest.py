@@ -27,6 +27,14 @@ def _seed_everything() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _private_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``precision: auto`` caches its measurements under ``$GLIDE_CACHE_DIR``: never the user's."""
+    monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path_factory.mktemp("glide-cache")))
+
+
+@pytest.fixture(autouse=True)
 def _reset_mlflow_state() -> Iterator[None]:
     """MLflow's fluent API caches the active run, experiment id and tracking URI per process;
     each test brings its own store, so nothing may leak from one test into the next."""

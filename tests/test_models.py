@@ -117,6 +117,7 @@ def test_gradient_reaches_every_parameter_and_padding_embedding() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.numerics
 def test_text_changes_output_and_padding_positions_are_ignored() -> None:
     model = from_openai_options(SMALL).eval()
     randomize_zero_layers(model)
@@ -130,6 +131,7 @@ def test_text_changes_output_and_padding_positions_are_ignored() -> None:
         assert not torch.allclose(model(**other)[0], base[0])
 
 
+@pytest.mark.numerics
 def test_sdpa_and_einsum_attention_agree() -> None:
     model = from_openai_options(SMALL).eval()
     randomize_zero_layers(model)
@@ -150,6 +152,7 @@ def test_sdpa_and_einsum_attention_agree() -> None:
         set_attention_impl(model, "flash")
 
 
+@pytest.mark.numerics
 def test_gradient_checkpointing_gives_same_gradients() -> None:
     torch.manual_seed(0)
     plain = from_openai_options(SMALL)
@@ -163,6 +166,7 @@ def test_gradient_checkpointing_gives_same_gradients() -> None:
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
+@pytest.mark.numerics
 def test_bf16_autocast_forward() -> None:
     model = from_openai_options(SMALL)
     randomize_zero_layers(model)

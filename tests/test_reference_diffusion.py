@@ -16,7 +16,7 @@ from glide.diffusion import (
 from glide.guidance import ClassifierFreeGuidance, CLIPGuidance
 from tests.conftest import reference_dir
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.numerics]
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 

@@ -23,7 +23,7 @@ from glide.models import (
 from glide.models.clip import NoisedCLIP
 from tests.conftest import reference_dir
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.numerics]
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 UNET_FILES = sorted(p.name for p in reference_dir().glob("unet_*.pt")) or ["unet_*.pt"]
 CLIP_FILES = sorted(p.name for p in reference_dir().glob("clip*.pt")) or ["clip.pt"]

@@ -7,6 +7,7 @@ template database is copied per test: creating one costs ~10 s).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from glide.tracking.registry import (
     ModelRegistry,
     PromotionConfig,
     RegistryError,
+    TrainingOutcome,
     evaluate_gate,
     file_sha256,
     flatten_metrics,
@@ -75,6 +77,30 @@ def test_gate_missing_metrics() -> None:
     assert optional_missing.passed
     no_rules = evaluate_gate({}, None, PromotionConfig())
     assert no_rules == GateDecision(True, ("ok no gate rules configured",))
+
+
+def test_gate_refuses_truncated_training_unless_allowed() -> None:
+    cut = TrainingOutcome("max_time", 163, 600)
+    refused = evaluate_gate({ACC: 0.9}, None, GATE, training=cut)
+    assert not refused.passed
+    assert refused.reasons[0].startswith("FAIL truncated: stopped by max_time at step 163 of 600")
+    allowed = evaluate_gate(
+        {ACC: 0.9}, None, dataclasses.replace(GATE, allow_truncated=True), training=cut
+    )
+    assert allowed.passed and allowed.reasons[0].startswith("ok truncated: stopped by max_time")
+    complete = evaluate_gate(
+        {ACC: 0.9}, None, GATE, training=TrainingOutcome("max_steps", 600, 600)
+    )
+    assert complete == evaluate_gate({ACC: 0.9}, None, GATE)  # nothing to say about it
+    # the metric rules still apply to an allowed truncated model
+    low = evaluate_gate(
+        {ACC: 0.05}, None, dataclasses.replace(GATE, allow_truncated=True), training=cut
+    )
+    assert not low.passed
+    assert TrainingOutcome.from_tags(cut.tags()) == cut
+    assert cut.tags() == {"train.stopped_by": "max_time", "train.steps": "163/600"}
+    assert TrainingOutcome.from_tags({}) is None
+    assert TrainingOutcome.from_record({"step": 5}) is None  # an export from before the key
 
 
 def test_flatten_metrics_keeps_numbers_only() -> None:
@@ -222,6 +248,47 @@ def test_manual_promotion_dry_run_gate_and_force(store: Store) -> None:
     assert registry.promote("glide-base", 2).decision == "unchanged"  # idempotent
     with pytest.raises(RegistryError, match="no version 9"):
         registry.promote("glide-base", 9)
+
+
+def test_register_refuses_a_truncated_model_unless_allowed(store: Store) -> None:
+    """The export's ``extra`` (or summary.json beside it) says how training ended: a model that
+    ``max_time`` cut short becomes @challenger however good its metrics, and is tagged so."""
+    import torch
+
+    from glide.models.export import save_model
+
+    registry = ModelRegistry(store.client, GATE)
+    folder = store.trained_model("base", b"complete")  # not an export: summary.json says it
+    (folder / "summary.json").write_text(
+        json.dumps({"step": 600, "stopped_by": "max_steps", "max_steps": 600})
+    )
+    first = _register(registry, folder, acc=0.5)
+    assert first.decision == "champion"
+    tags = store.client.get_model_version("glide-base", "1").tags
+    assert (tags["train.stopped_by"], tags["train.steps"]) == ("max_steps", "600/600")
+
+    store.trained_model("base", b"placeholder")
+    save_model(  # a real export: its extra wins over the stale summary.json
+        folder / "model.pt",
+        torch.nn.Linear(2, 2),
+        kind="base",
+        options={},
+        tokenizer="clip",
+        extra={"step": 163, "stopped_by": "max_time", "max_steps": 600},
+    )
+    second = _register(registry, folder, acc=0.9)  # better metrics, truncated training
+    assert (second.version, second.decision, second.champion) == ("2", "challenger", "1")
+    assert registry.alias_version("glide-base", "challenger") == "2"
+    tags = store.client.get_model_version("glide-base", "2").tags
+    assert (tags["train.stopped_by"], tags["train.steps"]) == ("max_time", "163/600")
+    assert "FAIL truncated: stopped by max_time at step 163 of 600" in tags["promotion.reasons"]
+    assert not registry.promote("glide-base", 2).applied  # the manual path gates it too
+
+    lenient = ModelRegistry(store.client, dataclasses.replace(GATE, allow_truncated=True))
+    promoted = lenient.promote("glide-base", 2)
+    assert promoted.applied and promoted.decision == "champion"
+    assert registry.alias_version("glide-base", "champion") == "2"
+    assert any(r.startswith("ok truncated") for r in promoted.gate.reasons)
 
 
 def test_register_without_training_run_imports_the_export(store: Store) -> None:

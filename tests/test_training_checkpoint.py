@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -187,3 +188,53 @@ def test_resume_after_kill_9(shards: Path, tmp_path: Path) -> None:
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
     assert client.get_run(run_id).info.status == "FINISHED"
     assert (tmp_path / "models" / "base" / "model.pt").is_file()
+
+
+def test_max_time_cap_is_reported_recorded_and_resumable(
+    shards: Path, tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``max_time`` cap that fires before ``max_steps`` says so on stderr and records
+    ``stopped_by: max_time`` in summary.json, the export and the MLflow run; resuming without
+    the cap trains the remaining steps into the same run and records ``max_steps``."""
+    import mlflow
+
+    from glide.models.export import read_metadata
+    from glide.tracking.registry import TrainingOutcome, training_outcome
+
+    cfg = small_config(
+        shards, tmp_path, max_steps=6, max_time=0.001, checkpoint_every=100, num_threads=1
+    )
+    out = Path(cfg.out_dir)
+    cut = _train(cfg, tmp_path)
+    assert cut.stopped_by == "max_time" and 1 <= cut.step < 6
+    assert (
+        f"train_base: stopped by max_time=0.001s at step {cut.step} of 6 (the model is "
+        "truncated; set train.max_time=0 to train every step)"
+    ) in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["stopped_by"], summary["step"], summary["max_steps"]) == (
+        "max_time",
+        cut.step,
+        6,
+    )
+    extra = read_metadata(out / "model.pt")["extra"]
+    assert (extra["stopped_by"], extra["step"], extra["max_steps"]) == ("max_time", cut.step, 6)
+    assert training_outcome(out) == TrainingOutcome("max_time", cut.step, 6)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = client.get_run(cut.run_id).data.tags
+    assert (tags["stopped_by"], tags["steps_done"], tags["max_steps"]) == (
+        "max_time",
+        str(cut.step),
+        "6",
+    )
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = _train(dataclasses.replace(cfg, max_time=0, resume=True), tmp_path)
+    assert not [w for w in caught if "Timer" in str(w.message)]  # no advice to re-add the cap
+    assert (done.run_id, done.step, done.stopped_by) == (cut.run_id, 6, "max_steps")
+    assert "stopped by" not in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["stopped_by"] == "max_steps"
+    assert read_metadata(out / "model.pt")["extra"]["stopped_by"] == "max_steps"
+    tags = client.get_run(cut.run_id).data.tags
+    assert (tags["stopped_by"], tags["steps_done"]) == ("max_steps", "6")

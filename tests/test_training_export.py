@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from glide.models import load_preset
-from glide.models.export import FORMAT, build_model, load_model, save_model
+from glide.models.export import FORMAT, build_model, load_model, read_metadata, save_model
 
 SMALL = {"image_size": 32, "channel_mult": "1,2", "attention_resolutions": "8", "text_ctx": 16}
 
@@ -57,3 +57,22 @@ def test_load_rejects_foreign_files(tmp_path: Path) -> None:
         load_model(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.pt")
+
+
+def test_read_metadata_skips_the_weights(tmp_path: Path) -> None:
+    extra = {"step": 3, "stopped_by": "max_time", "max_steps": 9}
+    path = save_model(
+        tmp_path / "model.pt",
+        torch.nn.Linear(2, 2),
+        kind="base",
+        options={},
+        tokenizer="clip",
+        extra=extra,
+    )
+    meta = read_metadata(path)
+    assert meta["extra"] == extra and meta["kind"] == "base" and "state_dict" not in meta
+    (tmp_path / "bytes.pt").write_bytes(b"not a torch file")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    for name in ("bytes.pt", "other.pt"):
+        with pytest.raises(ValueError, match="not a glide-export"):
+            read_metadata(tmp_path / name)

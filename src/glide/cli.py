@@ -104,7 +104,8 @@ def _add_sampling_options(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default=None,
-        help="auto: bf16 where it is faster (GPUs, AMX CPUs), else fp32 (default: the recipe's)",
+        help="auto: bf16 where timing the models here shows it faster, else fp32 (cached in "
+        "~/.cache/glide/precision.json); default: the recipe's",
     )
     g.add_argument("--batch-size", type=int, default=8, help="images per forward batch (8)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")

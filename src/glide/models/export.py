@@ -23,6 +23,7 @@ same folder, fsync, ``os.replace``): a reader never sees a half-written model.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,18 +120,35 @@ def build_model(kind: str, options: Mapping[str, Any]) -> nn.Module:
     return clip_from_openai_options(options) if kind == "clip" else from_openai_options(options)
 
 
-def load_model(
-    path: str | Path, *, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild and load an exported model (strictly); return ``(model in eval mode, meta)``."""
-    path = Path(path)
+def _load_payload(path: Path, **kwargs: Any) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"exported model {path} not found (train it: pipelines/train.py)")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = torch.load(path, weights_only=True, **kwargs)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     if payload.get("version", 0) > VERSION:
         raise ValueError(f"{path} has format version {payload['version']} > {VERSION}")
+    return payload
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """An export's metadata (everything but ``state_dict``) without building the model; the
+    weights are memory-mapped, not read. ``ValueError`` for a file that is not an export."""
+    path = Path(path)
+    try:
+        payload = _load_payload(path, map_location="cpu", mmap=True)
+    except (RuntimeError, pickle.UnpicklingError) as exc:  # not a torch zip file at all
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not a {FORMAT} file: {first}") from None
+    payload.pop("state_dict", None)
+    return payload
+
+
+def load_model(
+    path: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild and load an exported model (strictly); return ``(model in eval mode, meta)``."""
+    payload = _load_payload(Path(path), map_location=map_location)
     state = payload.pop("state_dict")
     model = build_model(payload["kind"], payload["options"])
     model.load_state_dict(state, strict=True)

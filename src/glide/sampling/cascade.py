@@ -33,7 +33,7 @@ from glide.diffusion import inpaint_denoised_fn
 from glide.diffusion.gaussian_diffusion import CondFn, DenoisedFn, Model
 from glide.guidance import ClassifierFreeGuidance, CLIPGuidance, classifier_free_batch
 from glide.models import NoisedCLIP, Text2ImUNet
-from glide.precision import Precision, resolve_precision
+from glide.precision import Precision, Workload, resolve_precision
 from glide.sampling.model_source import LoadedModel
 from glide.sampling.recipes import Execution, grad_context, prepare_model
 from glide.sampling.samplers import DiffusionSpec, SamplerSpec, run_sampler
@@ -253,10 +253,35 @@ class Cascade:
             raise ValueError(f"{upsampler.version} is not an upsampler (super_res is off)")
         self.base, self.upsampler, self.clip = base, upsampler, clip
         self.device = torch.device(device)
+        self._precisions: dict[tuple[str, ...], Precision] = {}
 
     def precision(self, execution: Execution) -> Precision:
-        """The precision ``execution`` resolves to on this cascade's device."""
-        return resolve_precision(execution.precision, self.device)
+        """The precision ``execution`` resolves to on this cascade's device; ``auto`` times this
+        cascade's networks (:mod:`glide.precision`), once per cascade and execution levers."""
+        key = (execution.precision, *execution.levers())
+        if key not in self._precisions:
+            self._precisions[key] = resolve_precision(
+                execution.precision, self.device, workload=lambda: self.workload(execution)
+            )
+        return self._precisions[key]
+
+    def workload(self, execution: Execution) -> Workload:
+        """What ``auto`` times: the networks prepared for ``execution``, the base on a guided
+        sample's two rows, the upsampler on one, each at the size it samples at."""
+        variant = ",".join(execution.levers())
+        parts = []
+        for loaded, rows in ((self.base, 2), (self.upsampler, 1)):
+            if loaded is not None:
+                prepare_model(loaded.model, execution)
+                parts.append(
+                    Workload.for_network(
+                        loaded.model, batch=rows, image_size=loaded.image_size, variant=variant
+                    )
+                )
+        work = parts[0]
+        for part in parts[1:]:
+            work = work.extend(part)
+        return work
 
     @contextmanager
     def running(self, config: GenerationConfig) -> Iterator[Precision]:

@@ -11,7 +11,7 @@ A recipe is the samplers of both stages plus an :class:`Execution`, how the netw
 - ``fast``: DPM-Solver++(2M) on both stages (the upsampler from noise scaled by the release's
   0.997), the caption encoded once per sample instead of once per step, channels_last,
   scaled-dot-product attention, ``torch.inference_mode`` and ``precision: auto`` (bf16 autocast
-  only where it is faster, see :mod:`glide.precision`).
+  only where timing shows it faster, see :mod:`glide.precision`).
 
 Only the step counts and bf16 change what is computed: text caching is bit-identical, and
 channels_last / sdpa agree with the release to float32 round-off (``benchmarks/sample.py``

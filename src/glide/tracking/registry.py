@@ -9,6 +9,8 @@ model (``glide-base``, ``glide-upsampler``, ``glide-inpaint``, ``glide-clip``) t
 - ``metric.*``: the metrics the gate reads plus a short summary (``summary.*`` of
   ``metrics/evaluate.json``), at most ``max_metric_tags``; every other metric stays on the
   evaluate run (``lineage.evaluate_run_id``), where the gate also looks them up,
+- ``train.*``: how training ended (``train.stopped_by``: ``max_steps``, or ``max_time`` for a
+  model the time cap truncated; ``train.steps``: ``<done>/<max_steps>``), from the export,
 - ``promotion.*``: the gate's decision and its reasons.
 
 Aliases: ``champion`` (in production), ``previous`` (the champion it replaced; rollback target)
@@ -37,13 +39,16 @@ __all__ = [
     "PromotionResult",
     "RegistrationResult",
     "RegistryError",
+    "TrainingOutcome",
     "evaluate_gate",
     "file_sha256",
     "flatten_metrics",
     "lineage_tags",
+    "training_outcome",
 ]
 
 EXPORT_FILE = "model.pt"
+SUMMARY_FILE = "summary.json"
 EXPORT_ARTIFACT_DIR = "export"
 RUN_ID_FILE = "mlflow_run_id"
 MAX_TAG_CHARS = 5000  # MLflow's limit on a model-version tag value
@@ -56,6 +61,9 @@ TAG_REPLACED = "promotion.replaced"
 TAG_DECIDED_AT = "promotion.decided_at"
 TAG_TRAIN_RUN = "lineage.train_run_id"
 TAG_EVALUATE_RUN = "lineage.evaluate_run_id"
+TAG_STOPPED_BY = "train.stopped_by"
+TAG_STEPS = "train.steps"
+COMPLETED = "max_steps"  # glide.training.run.STOPPED_BY_STEPS (not imported: torch-free module)
 METRIC_PREFIX = "metric."
 
 
@@ -96,6 +104,7 @@ class PromotionConfig:
     previous_alias: str = "previous"
     challenger_alias: str = "challenger"
     report_file: str = "reports/register.json"
+    allow_truncated: bool = False  # promote models whose training max_time cut short
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> PromotionConfig:
@@ -112,6 +121,77 @@ class GateDecision:
 
     passed: bool
     reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """How a model's training ended: ``stopped_by`` (``max_steps`` when every step ran, else
+    what cut it short, e.g. ``max_time``) after ``step`` of ``max_steps`` steps."""
+
+    stopped_by: str
+    step: int | None = None
+    max_steps: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.stopped_by != COMPLETED
+
+    def describe(self) -> str:
+        """``stopped by max_time at step 163 of 600``."""
+        where = f" at step {self.step} of {self.max_steps}" if self.step is not None else ""
+        return f"stopped by {self.stopped_by}{where}"
+
+    def tags(self) -> dict[str, str]:
+        """The version tags that record it."""
+        tags = {TAG_STOPPED_BY: self.stopped_by}
+        if self.step is not None and self.max_steps is not None:
+            tags[TAG_STEPS] = f"{self.step}/{self.max_steps}"
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> TrainingOutcome | None:
+        """Read back :meth:`tags` (None for versions registered without them)."""
+        stopped_by = tags.get(TAG_STOPPED_BY)
+        if not stopped_by:
+            return None
+        done, _, total = tags.get(TAG_STEPS, "").partition("/")
+        if done.isdigit() and total.isdigit():
+            return cls(stopped_by, int(done), int(total))
+        return cls(stopped_by)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainingOutcome | None:
+        """From an export's ``extra`` or a ``summary.json`` (keys ``stopped_by``, ``step``,
+        ``max_steps``); None when it does not say (written before the key existed)."""
+        stopped_by = record.get("stopped_by")
+        if not isinstance(stopped_by, str):
+            return None
+        step, max_steps = record.get("step"), record.get("max_steps")
+        if isinstance(step, int) and isinstance(max_steps, int):
+            return cls(stopped_by, step, max_steps)
+        return cls(stopped_by)
+
+
+def training_outcome(model_dir: str | Path) -> TrainingOutcome | None:
+    """How the model in ``model_dir`` was trained: the ``extra`` of its ``model.pt`` export (the
+    registered file itself), else the ``summary.json`` training wrote beside it; None when
+    neither records it."""
+    from glide.models.export import read_metadata
+
+    folder = Path(model_dir)
+    try:
+        outcome = TrainingOutcome.from_record(
+            read_metadata(folder / EXPORT_FILE).get("extra") or {}
+        )
+    except (OSError, ValueError):  # not a glide export (an imported file, a test stand-in)
+        outcome = None
+    summary = folder / SUMMARY_FILE
+    if outcome is None and summary.is_file():
+        try:
+            outcome = TrainingOutcome.from_record(json.loads(summary.read_text()))
+        except (OSError, ValueError):
+            outcome = None
+    return outcome
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -132,9 +212,18 @@ def evaluate_gate(
     config: PromotionConfig,
     *,
     champion_label: str = "champion",
+    training: TrainingOutcome | None = None,
 ) -> GateDecision:
-    """Check ``candidate`` against the absolute bounds and the champion's metrics (if any)."""
+    """Check ``candidate`` against the absolute bounds and the champion's metrics (if any); a
+    ``training`` that was cut short (``max_time``) fails unless ``config.allow_truncated``."""
     passed, reasons = True, []
+    if training is not None and training.truncated:
+        what = f"truncated: {training.describe()}"
+        if config.allow_truncated:
+            reasons.append(f"ok {what} (promotion.allow_truncated)")
+        else:
+            passed = False
+            reasons.append(f"FAIL {what} (train every step, or set promotion.allow_truncated)")
     for rule in config.rules:
         value = candidate.get(rule.metric)
         if value is None:
@@ -473,6 +562,9 @@ class ModelRegistry:
                 name=name, model_file=model_file, run_id=run_id, experiment=experiment
             )
             tags = {TAG_SHA: sha, **lineage, TAG_TRAIN_RUN: run_id}
+            outcome = training_outcome(model_dir)
+            if outcome is not None:
+                tags.update(outcome.tags())
             if evaluate_run_id:
                 tags[TAG_EVALUATE_RUN] = evaluate_run_id
             tags.update(
@@ -541,10 +633,12 @@ class ModelRegistry:
         dry_run: bool = False,
         record_failure: bool = False,
     ) -> PromotionResult:
-        """Gate ``version`` against the champion; if it passes (or ``force``), make it champion
+        """Gate ``version`` against the champion (and refuse it if ``max_time`` truncated its
+        training, unless ``allow_truncated``); if it passes (or ``force``), make it champion
         and the old champion ``previous``. A failing version is left alone, or with
         ``record_failure`` (the register stage) becomes ``challenger``."""
-        version = str(self.version(name, version).version)
+        entity = self.version(name, version)
+        version = str(entity.version)
         cfg = self.config
         champion = self.alias_version(name, cfg.champion_alias)
         if champion == version:
@@ -556,6 +650,7 @@ class ModelRegistry:
             champ_metrics,
             cfg,
             champion_label=f"champion v{champion}" if champion else "champion",
+            training=TrainingOutcome.from_tags(entity.tags or {}),
         )
         if not gate.passed and force:
             gate = GateDecision(True, (*gate.reasons, "ok forced by hand (--force)"))

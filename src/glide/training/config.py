@@ -110,7 +110,7 @@ class TrainConfig:
     loss_weighting: str = "none"  # none (GLIDE) | min_snr
     min_snr_gamma: float = 5.0
     max_steps: int = 1000
-    max_time: float = 0.0  # seconds; 0: no limit (a time limit makes the step count vary)
+    max_time: float = 0.0  # seconds; 0: no cap (opt-in: a cap that fires truncates the model)
     seed: int = 0
     accelerator: str = "auto"
     devices: Any = "auto"

@@ -5,10 +5,13 @@ Output folder ``<out_dir>/`` (``models/<name>/`` in the pipeline):
 - ``model.pt`` — the final EMA weights in the :mod:`glide.models.export` format;
 - ``checkpoints/{last,step-N}.ckpt`` — atomic training checkpoints (resume: ``resume=true``);
 - ``mlflow_run_id`` — the run a resumed training keeps logging into;
-- ``summary.json`` — final step, losses, throughput and wall time;
+- ``summary.json`` — final step, what stopped the run, losses, throughput and wall time;
 - ``samples/step-N.png`` — sample grids from the EMA weights.
 
-The loss curve goes to ``config.plots_file`` (CSV for ``dvc plots``).
+The loss curve goes to ``config.plots_file`` (CSV for ``dvc plots``). ``max_steps`` defines a
+run; ``max_time`` is an opt-in cap: when it fires first the run says so on stderr and records
+``stopped_by: max_time`` in the summary, the export's ``extra`` and the MLflow run's tags (the
+promotion gate refuses such a truncated model unless ``promotion.allow_truncated``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,10 +31,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, Timer, TQDMProgressBar
 
 from glide.models.export import load_model, save_model
-from glide.precision import Hardware, detect_hardware
+from glide.precision import Hardware, Workload, detect_hardware
+from glide.precision import Timer as PrecisionTimer
 from glide.precision import resolve_precision as resolve_shared
 from glide.tracking import ensure_reachable, flatten_params, resolve_tracking_uri
 from glide.tracking.datasets import DataRef, link_inputs
@@ -43,6 +48,9 @@ from glide.training.modules import GlideModule, InpaintModule, build_module
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+STOPPED_BY_STEPS = "max_steps"  # every step ran
+STOPPED_BY_TIME = "max_time"  # the opt-in time cap fired first: the model is truncated
+STOPPED_EARLY = "early_stop"  # a callback set trainer.should_stop before max_steps
 
 
 @dataclass
@@ -54,6 +62,7 @@ class TrainResult:
     step: int
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    stopped_by: str = STOPPED_BY_STEPS
 
 
 def model_options(config: TrainConfig, preset: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,20 +91,48 @@ def set_threads(config: TrainConfig) -> int:
 
 
 def resolve_precision(
-    precision: str, *, accelerator: str = "auto", hardware: Hardware | None = None
+    precision: str,
+    *,
+    accelerator: str = "auto",
+    hardware: Hardware | None = None,
+    module: GlideModule | None = None,
+    timer: PrecisionTimer | None = None,
 ) -> str:
-    """Lightning's precision for ``precision``: ``auto`` is ``bf16-mixed`` where bf16 is faster
-    than float32 (a bf16 GPU, an AMX CPU) and ``32-true`` elsewhere (:mod:`glide.precision`, the
-    resolver sampling uses too); any other value is Lightning's own and passes through."""
+    """Lightning's precision for ``precision``. ``fp32`` / ``bf16`` (or Lightning's names for
+    them) force either; ``auto`` times the module's network forward on a small training-shaped
+    batch in float32 and in bf16 autocast on the device it will train on (the tiny base without
+    ``module``; ``timer`` replaces the measurement in tests) and is ``bf16-mixed`` only where bf16
+    is faster by a margin and accurate (:mod:`glide.precision`, the resolver sampling uses too);
+    any other value is Lightning's own and passes through."""
+    if precision in ("fp32", "bf16", "float32", "bfloat16"):
+        return resolve_shared(precision).lightning
     if precision != "auto":
         return precision
     hw = hardware or detect_hardware()
     device = "cuda" if hw.cuda and accelerator in ("auto", "gpu", "cuda") else "cpu"
-    choice = resolve_shared(precision, device, hardware=hw)
+    workload = None if module is None else (lambda: _training_workload(module))
+    home = None if module is None else next(module.model.parameters()).device
+    try:
+        choice = resolve_shared(precision, device, hardware=hw, workload=workload, timer=timer)
+    finally:
+        if module is not None:
+            module.model.to(home)  # timing moved it to the training device; Lightning moves it
     log.info(
         "precision auto: %s on %s (%s; %s)", choice.lightning, device, choice.reason, hw.describe()
     )
     return choice.lightning
+
+
+def _training_workload(module: GlideModule) -> Workload:
+    """The module's network with a training-shaped batch (at most 8 rows: the ratio of bf16 to
+    float32 speed, not the step time, is what is measured)."""
+    data = module.config.data
+    return Workload.for_network(
+        module.model,
+        batch=max(1, min(data.batch_size, 8)),
+        image_size=data.crop_size or data.image_size,
+        variant=f"train {module.kind}",
+    )
 
 
 def _mlflow_logger(
@@ -147,8 +184,16 @@ def quiet_lightning() -> None:
             log_.addFilter(_DropLightningTips())
 
 
-def build_trainer(config: TrainConfig, *, logger: Any, callbacks: list[pl.Callback]) -> pl.Trainer:
-    """A Trainer with atomic checkpoints every ``checkpoint_every`` steps and step-based limits."""
+def build_trainer(
+    config: TrainConfig,
+    *,
+    logger: Any,
+    callbacks: list[pl.Callback],
+    module: GlideModule | None = None,
+) -> pl.Trainer:
+    """A Trainer with atomic checkpoints every ``checkpoint_every`` steps that trains
+    ``max_steps`` steps (``max_time`` > 0: an opt-in time cap, see :func:`stop_reason`);
+    ``precision: auto`` times ``module``'s network (:func:`resolve_precision`)."""
     quiet_lightning()
     ckpt = ModelCheckpoint(
         dirpath=checkpoint_dir(config.out_dir),
@@ -170,7 +215,9 @@ def build_trainer(config: TrainConfig, *, logger: Any, callbacks: list[pl.Callba
         devices=config.devices,
         num_nodes=config.num_nodes,
         strategy=config.strategy,
-        precision=resolve_precision(config.precision, accelerator=config.accelerator),  # type: ignore[arg-type]
+        precision=resolve_precision(  # type: ignore[arg-type]
+            config.precision, accelerator=config.accelerator, module=module
+        ),
         max_steps=config.max_steps,
         max_time=timedelta(seconds=config.max_time) if config.max_time > 0 else None,
         logger=logger,
@@ -188,6 +235,20 @@ def build_trainer(config: TrainConfig, *, logger: Any, callbacks: list[pl.Callba
         default_root_dir=config.out_dir,
         use_distributed_sampler=False,  # the shard stream splits data across ranks itself
     )
+
+
+def stop_reason(trainer: pl.Trainer, max_steps: int) -> str:
+    """Why ``trainer.fit`` returned: :data:`STOPPED_BY_STEPS` when ``max_steps`` were trained,
+    :data:`STOPPED_BY_TIME` when Lightning's ``max_time`` Timer ran out first (its elapsed time
+    includes the runs a resume continues), else :data:`STOPPED_EARLY`."""
+    if trainer.global_step >= max_steps:
+        return STOPPED_BY_STEPS
+    for callback in trainer.callbacks:
+        if isinstance(callback, Timer):
+            remaining = callback.time_remaining()
+            if remaining is not None and remaining <= 0:
+                return STOPPED_BY_TIME
+    return STOPPED_EARLY
 
 
 def _reset_outputs(config: TrainConfig) -> None:
@@ -283,7 +344,7 @@ def train(
     monitor = TrainMonitor(config.plots_file, every=config.log_every)
     grid = SampleGrid(out, every=config.sample.every)
     trainer = build_trainer(
-        config, logger=logger, callbacks=[monitor, grid, *(extra_callbacks or [])]
+        config, logger=logger, callbacks=[monitor, grid, *(extra_callbacks or [])], module=module
     )
     if trainer.is_global_zero:
         if run_id is None and params is not None:
@@ -303,33 +364,58 @@ def train(
             message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
             category=FutureWarning,
         )
+        # Resuming a max_time-capped run without the cap (what the truncation line advises)
+        # leaves the checkpoint's Timer state unused: nothing to add, as the warning suggests.
+        warnings.filterwarnings(
+            "ignore", message=r".*Please add the following callbacks: \['Timer'\]"
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     step = trainer.global_step
+    stopped_by = stop_reason(trainer, config.max_steps)
     # A final checkpoint at the last step, so `resume` after completion is a no-op.
     trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt", weights_only=False)  # full state
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
-        return TrainResult(None, None, step, metrics, seconds)
+        return TrainResult(None, None, step, metrics, seconds, stopped_by)
 
     run_id = str(logger.run_id)
+    # Lightning's own "Time limit reached" log line is easy to miss; a truncated model is not.
+    where = f"at step {step} of {config.max_steps} (the model is truncated"
+    if stopped_by == STOPPED_BY_TIME:
+        print(
+            f"train_{config.name}: stopped by max_time={config.max_time:g}s {where}; "
+            "set train.max_time=0 to train every step)",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif stopped_by == STOPPED_EARLY:
+        print(f"train_{config.name}: stopped early {where})", file=sys.stderr, flush=True)
+    stop = {"stopped_by": stopped_by, "max_steps": config.max_steps, "max_time": config.max_time}
     summary = {
         "step": step,
+        **stop,
         "seconds": round(seconds, 1),
         "metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
         "last_logged": monitor.last_row,
         "run_id": run_id,
     }
-    model_path = _export(config, module, step=step, extra={"run_id": run_id, **summary["metrics"]})
+    model_path = _export(
+        config, module, step=step, extra={"run_id": run_id, **stop, **summary["metrics"]}
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     client = logger.experiment
+    # Tags, not params: a resumed run (same MLflow run) overwrites them with its own outcome.
+    tags = {"stopped_by": stopped_by, "steps_done": step, "max_steps": config.max_steps}
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
     client.log_artifact(run_id, str(model_path), "export")
     client.log_artifact(run_id, str(out / "summary.json"), "export")
     if Path(config.plots_file).is_file():
         client.log_artifact(run_id, config.plots_file, "plots")
     if config.log_mlflow_model:
         _log_mlflow_model(module, run_id=run_id, tracking_uri=logger._tracking_uri)
-    return TrainResult(model_path, run_id, step, metrics, seconds)
+    return TrainResult(model_path, run_id, step, metrics, seconds, stopped_by)
 
 
 def _log_mlflow_model(module: GlideModule, *, run_id: str, tracking_uri: str) -> None:
