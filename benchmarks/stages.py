@@ -3,7 +3,8 @@ step-time levers buy, measured side by side in one run.
 
     python benchmarks/stages.py [--stages base,upsampler,inpaint,clip] [--steps 6]
                                 [--threads 1,2] [--compile] [--crops 64,48,32]
-                                [--fit-steps 30] [--workers 0,1] [--json out.json]
+                                [--fit-steps 30] [--workers 0,1] [--processes 1,2]
+                                [--json out.json]
 
 Parts (each prints a table; ratios are against the row marked 1.00x):
 
@@ -15,8 +16,9 @@ Parts (each prints a table; ratios are against the row marked 1.00x):
   steady step, and after how many steps the build pays back;
 - **crops**: the upsampler step at each ``--crops`` size (its training crop of the 128 px image);
 - **fit** (``--fit-steps``): the real Lightning loop (ShardDataModule, its loader workers, EMA,
-  no logger) for ``--fit-steps`` steps with each ``--workers`` count and the configured threads,
-  timed after the first 5 steps: what a stage's step really costs with the loader beside it.
+  no logger) for ``--fit-steps`` steps with each ``--workers`` count, timed after the first 5
+  steps: what a stage's step really costs with the loader beside it; ``--processes 1,2`` adds
+  DDP rows (``ddp_spawn`` on gloo, one thread per process, the same global batch).
 
 Uses the prepare stage's shards (``dvc repro prepare`` first) and conf/train/<stage>.yaml.
 The CPU is named in the first line; absolute ms vary with the machine, ratios travel.
@@ -29,6 +31,7 @@ import dataclasses
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -118,38 +121,59 @@ def profile_step(
 
 
 class _StepClock(pl.Callback):
-    """Wall time between the end of step ``skip`` and the end of the last step."""
+    """Rank 0's wall time between the end of step ``skip`` and the end of the last step, written
+    to ``out`` (a spawned DDP rank cannot hand it back otherwise); ``threads`` per process."""
 
-    def __init__(self, skip: int) -> None:
-        self.skip, self.t0, self.t1, self.steps = skip, 0.0, 0.0, 0
+    def __init__(self, skip: int, out: str, threads: int) -> None:
+        self.skip, self.out, self.threads = skip, out, threads
+        self.t0, self.t1, self.steps = 0.0, 0.0, 0
+
+    def setup(self, trainer: pl.Trainer, *args: Any) -> None:
+        torch.set_num_threads(self.threads)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_step == self.skip:
             self.t0 = time.perf_counter()
         self.t1, self.steps = time.perf_counter(), trainer.global_step - self.skip
 
+    def on_train_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_rank == 0:
+            with open(self.out, "w") as f:
+                json.dump({"ms": 1e3 * (self.t1 - self.t0) / max(1, self.steps)}, f)
 
-def fit_rate(cfg: TrainConfig, *, steps: int, skip: int = 5) -> float:
-    """ms per step of the real Lightning loop (loader workers included), after ``skip`` steps."""
-    cfg = dataclasses.replace(cfg, max_steps=steps + skip)
+
+def fit_rate(cfg: TrainConfig, *, steps: int, skip: int = 5, processes: int = 1) -> float:
+    """ms per step of the real Lightning loop (loader workers included), after ``skip`` steps.
+
+    ``processes`` > 1: that many DDP ranks (``ddp_spawn``, gloo) of one thread each, each with
+    ``batch_size / processes`` examples, so the global batch is the same."""
+    cores = os.cpu_count() or 1
+    data = cfg.data
+    if processes > 1:
+        data = dataclasses.replace(data, batch_size=max(1, data.batch_size // processes))
+    cfg = dataclasses.replace(cfg, max_steps=steps + skip, data=data)
     module = _module(cfg)
-    clock = _StepClock(skip)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=cfg.max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-    )
-    trainer.fit(module, datamodule=ShardDataModule(cfg.data, seed=cfg.seed))
-    return 1e3 * (clock.t1 - clock.t0) / max(1, clock.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "clock.json")
+        clock = _StepClock(skip, out, threads=max(1, cores // processes))
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=processes,
+            strategy="ddp_spawn" if processes > 1 else "auto",
+            max_steps=cfg.max_steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[clock],
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            gradient_clip_val=cfg.optim.grad_clip or None,
+        )
+        trainer.fit(module, datamodule=ShardDataModule(cfg.data, seed=cfg.seed))
+        with open(out) as f:
+            return float(json.load(f)["ms"])
 
 
 def _table(title: str, rows: list[tuple[str, float, str]], ref: float) -> None:
@@ -171,6 +195,9 @@ def main() -> None:
     p.add_argument("--crops", default="", help="upsampler crop sizes to compare, e.g. 64,48,32")
     p.add_argument("--fit-steps", type=int, default=0, help="time the Lightning loop too")
     p.add_argument("--workers", default="0,1", help="loader workers for the fit rows")
+    p.add_argument(
+        "--processes", default="1", help="fit rows with these DDP process counts (1 thread each)"
+    )
     p.add_argument("--json", default="", help="write every measurement here")
     args = p.parse_args()
 
@@ -240,11 +267,17 @@ def main() -> None:
             _table(f"{stage}: upsampler crop", rows, rows[0][1])
         if args.fit_steps:
             rows = []
-            for w in (int(x) for x in args.workers.split(",")):
-                ms = fit_rate(stage_config(stage, args.shards, num_workers=w), steps=args.fit_steps)
-                res[f"fit_workers_{w}"] = ms
-                rows.append((f"Lightning loop, {w} loader workers", ms, ""))
-            _table(f"{stage}: real loop ({default_threads} threads)", rows, rows[0][1])
+            for procs in (int(x) for x in args.processes.split(",")):
+                for w in (int(x) for x in args.workers.split(",")):
+                    ms = fit_rate(
+                        stage_config(stage, args.shards, num_workers=w),
+                        steps=args.fit_steps,
+                        processes=procs,
+                    )
+                    label = f"{procs} process(es), {w} loader workers"
+                    res[f"fit_p{procs}_w{w}"] = ms
+                    rows.append((f"Lightning loop, {label}", ms, ""))
+            _table(f"{stage}: real loop ({default_threads} cores)", rows, rows[0][1])
         results["stages"][stage] = res
     if args.json:
         with open(args.json, "w") as f:
