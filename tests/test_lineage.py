@@ -121,7 +121,15 @@ def test_training_run_logs_the_shards_it_read_and_links_prepare(
     assert link in run.data.tags[DESCRIPTION_TAG]
     # a quiet log: the stage's own line, no product tip, no LeafSpec deprecation warning
     assert "train_clip: 2 steps" in trained
-    for noise in ("💡", "Tip:", "litlogger", "litmodels", "LeafSpec", "weights_only"):
+    for noise in (
+        "💡",
+        "Tip:",
+        "litlogger",
+        "litmodels",
+        "LeafSpec",
+        "weights_only",
+        "CloudPickle",
+    ):
         assert noise not in trained, trained[-3000:]
 
 

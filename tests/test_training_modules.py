@@ -258,3 +258,33 @@ def test_caption_gain_is_zero_without_distinct_captions(shards: Path, tmp_path: 
     assert module.caption_gain(same, t).item() == 0.0
     assert len(set(map(tuple, batch["tokens"].tolist()))) > 1
     assert abs(module.caption_gain(batch, t).item()) > 1e-6
+
+
+def test_mlflow_model_is_logged_without_the_pickle_advice(shards: Path, tmp_path: Path) -> None:
+    """The EMA model is logged as ``runs:/<id>/model``; MLflow's advice against the pickle format
+    (chosen on purpose) is dropped, its other records are not."""
+    import logging
+
+    import mlflow
+
+    from glide.training.run import _log_mlflow_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    log_ = logging.getLogger("mlflow.pytorch")
+    log_.addHandler(handler)
+    try:
+        _log_mlflow_model(build(small_config(shards, tmp_path)), run_id=run_id, tracking_uri=uri)
+        log_.warning("another warning")
+    finally:
+        log_.removeHandler(handler)
+    assert not any("Pickle" in m for m in seen), seen
+    assert "another warning" in seen
+    assert not log_.filters  # the filter is scoped to the call
+    logged = mlflow.search_logged_models(experiment_ids=[exp], output_format="list")
+    assert [m.source_run_id for m in logged] == [run_id]

@@ -159,11 +159,22 @@ def _mlflow_logger(
     )
 
 
-class _DropLightningTips(logging.Filter):
-    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" advertisements."""
+class _DropMessage(logging.Filter):
+    """Drops the records whose message starts with one exact text."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        return not str(record.msg).startswith(self.prefix)
+
+
+class _DropLightningTips(_DropMessage):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" advertisements."""
+
+    def __init__(self) -> None:
+        super().__init__("💡 Tip:")
 
 
 # The loggers behind Lightning's rank_zero_info (the standalone and the umbrella package).
@@ -426,10 +437,17 @@ def _log_mlflow_model(module: GlideModule, *, run_id: str, tracking_uri: str) ->
 
     mlflow.set_tracking_uri(tracking_uri)
     ema = module.ema.model.cpu().eval()
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            ema,
-            name="model",
-            serialization_format="pickle",  # pt2 would need a traced example per model kind
-            pip_requirements=["torch", "glide-pipeline"],  # skip slow requirement inference
-        )
+    # The pickle format is chosen (see below); MLflow's advice to switch is not for our users.
+    warn_log = logging.getLogger("mlflow.pytorch")
+    drop = _DropMessage("Saving pytorch model by Pickle")
+    warn_log.addFilter(drop)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(
+                ema,
+                name="model",
+                serialization_format="pickle",  # pt2 would need a traced example per model kind
+                pip_requirements=["torch", "glide-pipeline"],  # skip slow requirement inference
+            )
+    finally:
+        warn_log.removeFilter(drop)
