@@ -29,7 +29,9 @@ from glide.evaluation import (
     write_pareto_plot,
 )
 from glide.evaluation.report import GUIDANCE_COLUMNS, SAMPLER_COLUMNS
+from glide.io import atomic_path, atomic_write_text
 from glide.sampling import load_model_source
+from glide.stage import run_stage
 from glide.tracking import tracked_run
 from glide.tracking.datasets import coco_dataset, link_inputs, load_prepare_stats
 
@@ -101,8 +103,7 @@ def main(argv: list[str]) -> int:
         metrics = result.metrics_json()
         metrics["info"]["mlflow_run_id"] = run_id  # the register stage links versions to it
 
-        METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         guidance_csv = write_csv(
             PLOTS_DIR / "guidance.csv", guidance_rows(metrics), GUIDANCE_COLUMNS
         )
@@ -116,7 +117,8 @@ def main(argv: list[str]) -> int:
             name = point.method if point.method == "inpaint" else f"{point.method}_{point.key}"
             name = name.replace("+", "p")
             path = REPORTS_DIR / f"{name}.png"
-            point.grid.save(path)
+            with atomic_path(path) as tmp:
+                point.grid.save(tmp, format="PNG")
             mlflow.log_artifact(str(path), artifact_path="grids")
 
         mlflow.log_metrics(_flat_metrics(metrics))
@@ -135,4 +137,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_stage("evaluate", main, sys.argv[1:]))

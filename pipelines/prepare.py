@@ -19,6 +19,8 @@ from glide.config import compose, project_root, to_dataclass
 from glide.data.filters import FilterConfig
 from glide.data.prepare import PrepareConfig, contact_sheet, merge_parts, reset_outputs, run_part
 from glide.data.sources import build_source
+from glide.io import atomic_path, atomic_write_text
+from glide.stage import run_stage
 from glide.tracking import flatten_params, tracked_run
 from glide.tracking.datasets import coco_dataset, log_datasets, shard_dataset
 
@@ -70,13 +72,13 @@ def main(argv: list[str]) -> int:
         stats = merge_parts(prep, seconds=seconds)
 
         metrics_path = Path(cfg["metrics_file"])
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(metrics_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
         reports = Path(cfg["reports_dir"])
         reports.mkdir(parents=True, exist_ok=True)
         train_shards = sorted((Path(prep.shards_dir) / "train").glob("*.tar"))
         sheet = contact_sheet(train_shards, n=cfg["contact_sheet_samples"])
-        sheet.save(reports / "contact_sheet.png", optimize=False)
+        with atomic_path(reports / "contact_sheet.png") as tmp:
+            sheet.save(tmp, format="PNG", optimize=False)
 
         mlflow.log_metrics(_metrics(stats))
         mlflow.log_artifact(str(metrics_path))
@@ -101,4 +103,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_stage("prepare", main, sys.argv[1:]))

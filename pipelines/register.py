@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 from glide.config import compose, project_root
+from glide.io import atomic_write_text
+from glide.stage import run_stage
 from glide.tracking import tracked_run
 from glide.tracking.registry import (
     ModelRegistry,
@@ -24,6 +26,7 @@ from glide.tracking.registry import (
     flatten_metrics,
     lineage_tags,
 )
+from glide.tracking.store import RetryLocked, store_lock
 
 
 def main(argv: list[str]) -> int:
@@ -37,15 +40,20 @@ def main(argv: list[str]) -> int:
     evaluate_run_id = (document.get("info") or {}).get("mlflow_run_id")
     if not metrics:
         print(f"register: no evaluation metrics in {metrics_path}", file=sys.stderr)
-    with tracked_run(
-        root=root,
-        experiment=cfg["experiment"],
-        run_name="register",
-        params={"promotion": cfg["promotion"]},
-        tags={"stage": "register"},
-        uri=cfg["tracking_uri"],
-    ) as mlflow:
-        registry = ModelRegistry(mlflow.MlflowClient(), config)
+    with (
+        tracked_run(
+            root=root,
+            experiment=cfg["experiment"],
+            run_name="register",
+            params={"promotion": cfg["promotion"]},
+            tags={"stage": "register"},
+            uri=cfg["tracking_uri"],
+        ) as mlflow,
+        store_lock(mlflow.get_tracking_uri(), "registry", root),
+    ):
+        # Under the registry lock: two register stages at once (`dvc queue start -j 2`) decide
+        # one after the other, each against the champion the other may have just set.
+        registry = ModelRegistry(RetryLocked(mlflow.MlflowClient()), config)
         report = {}
         for name, model_dir in config.models.items():
             if not (Path(model_dir) / "model.pt").is_file():
@@ -74,11 +82,10 @@ def main(argv: list[str]) -> int:
             for reason in result.reasons:
                 print(f"  {reason}")
         out = Path(config.report_file)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
         mlflow.log_artifact(str(out))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_stage("register", main, sys.argv[1:]))

@@ -15,8 +15,15 @@ import sys
 
 from glide.config import compose, find_conf_dir, project_root
 from glide.models import load_preset
+from glide.stage import run_stage
 from glide.tracking.datasets import load_prepare_stats, shard_inputs
 from glide.training import train, train_config_from_dict
+
+
+def _stage_name(argv: list[str]) -> str:
+    """``train_<name>`` from the ``train=<name>`` override (the dvc.yaml stage's name)."""
+    chosen = [a.split("=", 1)[1] for a in argv if a.startswith("train=")]
+    return f"train_{chosen[-1]}" if chosen else "train"
 
 
 def main(argv: list[str]) -> int:
@@ -55,4 +62,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_stage(_stage_name(sys.argv[1:]), main, sys.argv[1:]))

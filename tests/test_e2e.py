@@ -115,7 +115,9 @@ def project(dest: Path, env: dict[str, str]) -> Path:
         set_keys(dest / "conf" / rel, values)
     regenerate_params(dest, env)
     assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["max_steps"] == 2
-    (dest / ".gitignore").write_text("mlflow.db\nmlartifacts/\n*.egg-info/\n")
+    (dest / ".gitignore").write_text(
+        "mlflow.db\nmlartifacts/\n*.egg-info/\n.glide-locks/\nmlflow-pending/\n"
+    )
     run(["git", "init", "-q"], dest, env)
     run(["dvc", "init", "-q"], dest, env)
     shutil.copy(REPO_ROOT / ".dvc" / "config", dest / ".dvc" / "config")

@@ -31,13 +31,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(root: Path, template: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """``mlflow server`` on a free 127.0.0.1 port over ``root/server.db``; waits for /health."""
+def start_server(
+    root: Path, template: Path | None = None, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``mlflow server`` on 127.0.0.1 (a free port unless ``port``: a restart) over
+    ``root/server.db``; waits for /health."""
     root.mkdir(parents=True, exist_ok=True)
-    if template is not None:
+    if template is not None and not (root / "server.db").exists():
         shutil.copyfile(template, root / "server.db")  # skips the schema migration
-    port = free_port()
-    with (root / "server.log").open("wb") as log:  # the child keeps its own descriptor
+    port = port or free_port()
+    with (root / "server.log").open("ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [
                 str(MLFLOW),

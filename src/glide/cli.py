@@ -340,10 +340,10 @@ def all_commands() -> list[Command]:
     """:data:`COMMANDS` plus the registry commands (``promote``, ``compare``) when installed."""
     commands = list(COMMANDS)
     try:
-        from glide.tracking.commands import COMPARE_COMMAND, PROMOTE_COMMAND
+        from glide.tracking.commands import COMPARE_COMMAND, PROMOTE_COMMAND, REPLAY_COMMAND
     except ImportError:
         return commands
-    return [*commands, PROMOTE_COMMAND, COMPARE_COMMAND]
+    return [*commands, PROMOTE_COMMAND, COMPARE_COMMAND, REPLAY_COMMAND]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ and whose members come in stream order, so identical input and config give ident
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -14,6 +15,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from glide.io import DiskFullError, atomic_write_bytes, atomic_write_text, is_disk_full
 
 
 def split_of(key: str, val_fraction: float, salt: str = "glide-split") -> str:
@@ -77,20 +80,44 @@ class ShardWriter:
         self._tar.addfile(info, io.BytesIO(data))
 
     def write(self, sample: Sample) -> None:
-        if self._tar is None or self._count >= self.max_count:
-            self._open_next()
-        self._add(f"{sample.key}.{sample.ext}", sample.image)
-        self._add(f"{sample.key}.txt", sample.caption.encode("utf-8"))
-        self._add(f"{sample.key}.json", canonical_json(sample.meta))
+        try:
+            if self._tar is None or self._count >= self.max_count:
+                self._open_next()
+            self._add(f"{sample.key}.{sample.ext}", sample.image)
+            self._add(f"{sample.key}.txt", sample.caption.encode("utf-8"))
+            self._add(f"{sample.key}.json", canonical_json(sample.meta))
+        except OSError as exc:
+            self._raise_disk_full(exc, needed=len(sample.image) + 3 * 1024)
+            raise
         self._count += 1
         self.total += 1
 
+    def _raise_disk_full(self, exc: OSError, needed: int) -> None:
+        """A full disk ends the shard being written (its temporary file removed) and names it."""
+        if not is_disk_full(exc):
+            return
+        self.abort()
+        raise DiskFullError(self.paths[-1] if self.paths else self.directory, needed) from exc
+
     def _close_current(self) -> None:
         if self._tar is not None:
-            self._tar.close()
             assert self._tmp is not None
+            try:
+                self._tar.close()
+            except OSError as exc:
+                self._raise_disk_full(exc, needed=self._tmp.stat().st_size)
+                raise
             os.replace(self._tmp, self.paths[-1])
             self._tar = None
+
+    def abort(self) -> None:
+        """Drop the shard being written: no partial tar is left under any name."""
+        if self._tar is not None:
+            with contextlib.suppress(OSError):  # a full disk: the temporary file goes anyway
+                self._tar.close()
+            self._tar = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
     def close(self) -> list[Path]:
         self._close_current()
@@ -99,8 +126,11 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an error (or a signal) mid-shard: keep the complete shards only
+            self.abort()
 
 
 class CocoExporter:
@@ -117,7 +147,7 @@ class CocoExporter:
 
     def add(self, sample: Sample, width: int, height: int) -> None:
         file_name = f"{sample.key}.{sample.ext}"
-        (self.directory / "images" / file_name).write_bytes(sample.image)
+        atomic_write_bytes(self.directory / "images" / file_name, sample.image, fsync=False)
         image_id = len(self.images) + 1
         self.images.append(
             {"id": image_id, "file_name": file_name, "width": width, "height": height}
@@ -138,8 +168,6 @@ class CocoExporter:
 
 def write_json(path: Path, obj: Any, *, indent: int = 2) -> None:
     """Write ``obj`` as sorted, UTF-8 JSON through a temporary file (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(
+        path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n"
+    )

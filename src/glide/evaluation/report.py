@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from glide.evaluation.captions import ATTRIBUTES
+from glide.io import atomic_path
 
 __all__ = ["GUIDANCE_COLUMNS", "guidance_rows", "sampler_rows", "write_csv", "write_pareto_plot"]
 
@@ -53,8 +54,7 @@ def sampler_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Write ``rows`` with ``columns`` (missing values empty; floats to 6 significant digits)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -124,7 +124,9 @@ def write_pareto_plot(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     fig.suptitle("Guidance trade-off (labels: guidance scale)")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path

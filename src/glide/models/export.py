@@ -22,7 +22,6 @@ same folder, fsync, ``os.replace``): a reader never sees a half-written model.
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from glide.io import atomic_path
 from glide.models.options import clip_from_openai_options, from_openai_options
 
 FORMAT = "glide-export"
@@ -63,26 +63,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors nested in ``obj``: what a ``torch.save`` of it needs, give or take."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    # Persist the rename itself (the directory entry), or a crash may still lose the file.
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
+    (:func:`glide.io.atomic_path`: a full disk names ``path`` and the bytes needed)."""
+    with atomic_path(path, needed=_tensor_bytes(obj)) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def save_model(

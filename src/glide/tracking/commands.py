@@ -4,7 +4,9 @@
     glide promote --model glide-base --rollback [--dry-run]
     glide promote --model glide-base                    # show the aliases and versions
     glide compare [RUN_ID ...] [--stage evaluate] [--last 5] [--report compare.md|.html]
+    glide compare EXP_NAME EXP_NAME [--stage evaluate]  # DVC experiments (dvc exp show)
     glide compare --model glide-base [--versions 1 3] [--report compare.html]
+    glide replay mlflow-pending/train_base-<run>.json  # writes kept while the server was down
 
 Both honour ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) and stop with one line when a
 tracking server cannot be reached. Exit status: 0 done, 1 promotion refused by the gate, 2 error.
@@ -22,6 +24,7 @@ from typing import Any
 __all__ = [
     "COMPARE_COMMAND",
     "PROMOTE_COMMAND",
+    "REPLAY_COMMAND",
     "add_compare_parser",
     "add_promote_parser",
     "main",
@@ -30,21 +33,27 @@ __all__ = [
 ]
 
 
+def _root() -> Path:
+    """The checkout the command runs in (its ``conf/``), else the current folder."""
+    from glide.config import project_root
+
+    try:
+        return project_root()
+    except FileNotFoundError:
+        return Path.cwd()
+
+
 def _client(args: argparse.Namespace) -> Any:
     """An MLflow client on the resolved store, after checking that it is reachable."""
     import mlflow
 
-    from glide.config import project_root
     from glide.tracking.runs import ensure_reachable, resolve_tracking_uri
+    from glide.tracking.store import RetryLocked
 
-    try:
-        root = project_root()
-    except FileNotFoundError:
-        root = Path.cwd()
-    uri = resolve_tracking_uri(root, args.tracking_uri)
+    uri = resolve_tracking_uri(_root(), args.tracking_uri)
     ensure_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return RetryLocked(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri))
 
 
 def _promotion_config(overrides: list[str]) -> Any:
@@ -104,22 +113,30 @@ def _status(registry: Any, name: str) -> int:
     return 0
 
 
+def _promote(registry: Any, args: argparse.Namespace) -> Any:
+    """The rollback or promotion ``args`` ask for; ``None`` when they only ask for the status."""
+    if args.rollback:
+        return registry.rollback(args.model, dry_run=args.dry_run)
+    if args.version is not None:
+        return registry.promote(args.model, args.version, force=args.force, dry_run=args.dry_run)
+    return None
+
+
 def run_promote(args: argparse.Namespace) -> int:
     """Promote a version, roll back, or show the registry state of ``--model``."""
     from mlflow.exceptions import MlflowException
 
     from glide.tracking.registry import ModelRegistry, RegistryError
     from glide.tracking.runs import TrackingUnavailableError
+    from glide.tracking.store import store_lock
 
     try:
-        registry = ModelRegistry(_client(args), _promotion_config(args.overrides))
-        if args.rollback:
-            result = registry.rollback(args.model, dry_run=args.dry_run)
-        elif args.version is not None:
-            result = registry.promote(
-                args.model, args.version, force=args.force, dry_run=args.dry_run
-            )
-        else:
+        client = _client(args)
+        registry = ModelRegistry(client, _promotion_config(args.overrides))
+        # the register stage's lock: a decision is read and applied with no writer in between
+        with store_lock(client.tracking_uri, "registry", _root()):
+            result = _promote(registry, args)
+        if result is None:
             return _status(registry, args.model)
     except (TrackingUnavailableError, RegistryError, LookupError, ValueError) as exc:
         return _fail("promote", str(exc))
@@ -133,7 +150,12 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to compare")
+    p.add_argument(
+        "run_ids",
+        nargs="*",
+        metavar="RUN_OR_EXP",
+        help="run ids, or DVC experiment names (their --stage run, default evaluate)",
+    )
     p.add_argument("--experiment", default="glide", help="MLflow experiment (default: glide)")
     p.add_argument("--stage", default=None, help="only runs of this stage, e.g. evaluate")
     p.add_argument("--last", type=int, default=5, help="how many recent runs (default: 5)")
@@ -201,6 +223,39 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="mlflow-pending/<stage>-<run>.json")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="store to write into (default: the one the stage used, else $MLFLOW_TRACKING_URI)",
+    )
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Write the MLflow calls a stage saved while the tracking server was down."""
+    import json
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from glide.tracking.buffer import replay
+    from glide.tracking.runs import TrackingUnavailableError, ensure_reachable
+
+    for name in args.files:
+        path = Path(name)
+        try:
+            uri = args.tracking_uri or json.loads(path.read_text())["tracking_uri"]
+            ensure_reachable(uri)
+            done = replay(path, mlflow.MlflowClient(tracking_uri=uri))
+        except (TrackingUnavailableError, OSError, KeyError, ValueError) as exc:
+            return _fail("replay", f"{path}: {exc}")
+        except MlflowException as exc:
+            return _fail("replay", f"{path}: {str(exc).splitlines()[0]} (the rest is kept)")
+        print(f"glide replay: {path}: {done} calls written to {uri}")
+    return 0
+
+
 _PROMOTE_HELP = "promote a registered model version to champion (gated), or roll back"
 _COMPARE_HELP = "compare runs: differing parameters, key metrics, sample grids side by side"
 
@@ -209,6 +264,12 @@ Command = tuple[
 ]
 PROMOTE_COMMAND: Command = ("promote", _PROMOTE_HELP, _add_promote_arguments, run_promote)
 COMPARE_COMMAND: Command = ("compare", _COMPARE_HELP, _add_compare_arguments, run_compare)
+REPLAY_COMMAND: Command = (
+    "replay",
+    "write the MLflow metrics, tags and artifacts a stage kept while the server was down",
+    _add_replay_arguments,
+    run_replay,
+)
 
 
 def _add(subparsers: Any, command: Command) -> argparse.ArgumentParser:
@@ -235,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_promote_parser(subs)
     add_compare_parser(subs)
+    _add(subs, REPLAY_COMMAND)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return int(args._run(args))
 

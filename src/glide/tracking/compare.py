@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import html
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ DEFAULT_METRICS = (
     "promoted.*",
 )
 MAX_METRIC_COLUMNS = 12
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id; anything else names a DVC experiment
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,19 @@ def fetch_runs(
     stage: str | None = None,
     last: int = 5,
 ) -> list[RunSummary]:
-    """The runs ``run_ids``, else the ``last`` finished runs of ``experiment`` (of ``stage``)."""
-    if run_ids:
-        return [_summary(client.get_run(r)) for r in run_ids]
+    """The runs ``run_ids``, else the ``last`` finished runs of ``experiment`` (of ``stage``).
+
+    An entry of ``run_ids`` that is not an MLflow run id is a DVC experiment name
+    (``dvc exp show``): its newest finished run of ``stage`` (default ``evaluate``, where the
+    metrics are), labelled with the name."""
     exp = client.get_experiment_by_name(experiment)
+    if run_ids:
+        return [
+            _summary(client.get_run(r))
+            if RUN_ID.fullmatch(r)
+            else _summary(_experiment_run(client, exp, r, stage or "evaluate"), label=r)
+            for r in run_ids
+        ]
     if exp is None:
         raise LookupError(f"no MLflow experiment {experiment!r}")
     query = "attributes.status = 'FINISHED'"
@@ -84,6 +95,27 @@ def fetch_runs(
         [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"]
     )
     return [_summary(r) for r in list(runs)[:last]][::-1]
+
+
+def _experiment_run(client: Any, exp: Any, name: str, stage: str) -> Any:
+    """The newest finished ``stage`` run tagged with DVC experiment ``name``."""
+    from glide.tracking.store import EXP_NAME_TAG
+
+    if exp is None:
+        raise LookupError(f"{name!r} is neither a run id nor a DVC experiment with MLflow runs")
+    query = (
+        f"tags.`{EXP_NAME_TAG}` = '{name}' and tags.stage = '{stage}' "
+        "and attributes.status = 'FINISHED'"
+    )
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        raise LookupError(
+            f"no finished {stage} run of DVC experiment {name!r} (tag {EXP_NAME_TAG}); "
+            "is it a run id or a name `dvc exp show` lists?"
+        )
+    return runs[0]
 
 
 def fetch_model_versions(client: Any, name: str, versions: Sequence[str] = ()) -> list[RunSummary]:

@@ -1,19 +1,32 @@
 """MLflow run helpers shared by every pipeline stage.
 
-Default store: an SQLite file ``mlflow.db`` at the repository root; ``MLFLOW_TRACKING_URI``
+Default store: an SQLite file ``mlflow.db`` at the repository root (the project's root also for
+a queued DVC experiment's temporary workspace: :mod:`glide.tracking.store`); ``MLFLOW_TRACKING_URI``
 overrides it (e.g. ``http://127.0.0.1:5000`` for a shared ``mlflow server``). A remote store is
 checked before any work starts, so a stage never computes for an hour and then loses its run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from glide.io import DiskFullError, is_disk_full
+from glide.stage import StageStopped
+from glide.tracking.store import (
+    RetryLocked,
+    dvc_experiment_tags,
+    prepare_store,
+    retry_locked,
+    store_root,
+)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one parameter value
 
@@ -23,11 +36,13 @@ class TrackingUnavailableError(RuntimeError):
 
 
 def resolve_tracking_uri(root: Path, uri: str | None = None) -> str:
-    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``."""
+    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project>/mlflow.db``
+    where ``<project>`` is ``root``, or the project a DVC experiment's temporary workspace
+    ``root`` was copied from (:func:`glide.tracking.store.store_root`)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
 def ensure_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -59,6 +74,35 @@ def flatten_params(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+class _TrackedRun(RetryLocked):
+    """The ``mlflow`` module as :func:`tracked_run` yields it: the same functions, retried while
+    another process holds an SQLite store's write lock, and an artifact upload that fills the
+    disk names its destination (:class:`DiskFullError`)."""
+
+    def __init__(self, module: Any) -> None:
+        super().__init__(module)
+        self._module = module
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None, **kw: Any) -> None:
+        try:
+            retry_locked(self._module.log_artifact, local_path, artifact_path, **kw)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            dest = artifact_destination(self._module.get_artifact_uri(artifact_path), local_path)
+            raise DiskFullError(dest, Path(local_path).stat().st_size) from exc
+
+
+def artifact_destination(artifact_uri: str, local_path: str) -> str:
+    """Where an upload of ``local_path`` lands: a local path for a ``file:`` store."""
+    name = Path(local_path).name
+    if artifact_uri.startswith("file:"):
+        return str(
+            Path(urllib.request.url2pathname(urllib.parse.urlparse(artifact_uri).path)) / name
+        )
+    return f"{artifact_uri.rstrip('/')}/{name}"
+
+
 @contextmanager
 def tracked_run(
     *,
@@ -75,17 +119,53 @@ def tracked_run(
     tracking_uri = resolve_tracking_uri(root, uri)
     ensure_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        artifacts = None
-        if tracking_uri.startswith("sqlite:"):
-            # Keep artifacts beside the SQLite file, not wherever the command happened to run.
-            artifacts = (Path(root) / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(experiment, artifact_location=artifacts)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
+    experiment_id = prepare_store(tracking_uri, experiment, root=root)
+    run_tags = {**dvc_experiment_tags(), **(tags or {})}
+    tracker = _TrackedRun(mlflow)
+    tracker.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags)
+    status = "FAILED"
+    try:
         if params:
             flat = flatten_params(params)
             items = list(flat.items())
             for i in range(0, len(items), 100):  # MLflow caps one batch at 100 params
-                mlflow.log_params(dict(items[i : i + 100]))
-        yield mlflow
+                tracker.log_params(dict(items[i : i + 100]))
+        yield tracker
+        status = "FINISHED"
+    except (StageStopped, KeyboardInterrupt):
+        status = "KILLED"  # stopped on request: not a failure, not finished
+        raise
+    finally:
+        tracker.end_run(status)
+
+
+class DropMessage(logging.Filter):
+    """Drops the records whose message starts with one exact text."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def log_pytorch_model(model: Any, *, run_id: str, tracking_uri: str) -> None:
+    """``model`` as the MLflow logged model ``model`` of run ``run_id`` (pickle flavour)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    # The pickle format is chosen (see below); MLflow's advice to switch is not for our users.
+    warn_log = logging.getLogger("mlflow.pytorch")
+    drop = DropMessage("Saving pytorch model by Pickle")
+    warn_log.addFilter(drop)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                serialization_format="pickle",  # pt2 would need a traced example per model kind
+                pip_requirements=["torch", "glide-pipeline"],  # skip slow requirement inference
+            )
+    finally:
+        warn_log.removeFilter(drop)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from glide.io import atomic_path
 from glide.sampling.io import labelled_grid
 
 CSV_FIELDS = (
@@ -123,10 +124,12 @@ class SampleGrid(pl.Callback):
         path = self.out_dir / f"step-{trainer.global_step:07d}.png"
         labels = getattr(pl_module, "grid_labels", lambda _: None)(images)
         if labels is None:
-            to_grid(images).save(path)
+            grid = to_grid(images)
         else:  # each tile with its prompt and the oracle's verdict
             pil = [to_grid(img[None], nrow=1) for img in images]
-            labelled_grid(pil, labels[0], verdicts=labels[1], cols=min(8, len(pil))).save(path)
+            grid = labelled_grid(pil, labels[0], verdicts=labels[1], cols=min(8, len(pil)))
+        with atomic_path(path, fsync=False) as tmp:
+            grid.save(tmp, format="PNG")
         self.paths.append(path)
         logger = trainer.logger
         if logger is not None and hasattr(logger, "run_id") and logger.run_id:

@@ -9,6 +9,9 @@ torn one.
 
 from __future__ import annotations
 
+import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,10 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from glide.models.export import atomic_torch_save
 
 LAST = "last.ckpt"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint a run can resume from (every one is damaged)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -50,6 +57,52 @@ def last_checkpoint(out_dir: str | Path) -> Path | None:
     """``<out_dir>/checkpoints/last.ckpt`` if it exists."""
     path = checkpoint_dir(out_dir) / LAST
     return path if path.is_file() else None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be resumed from (``None`` when it is intact): every member of the
+    checkpoint's zip archive is read and its CRC checked, which catches a truncated file and
+    flipped bytes alike without unpickling anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                return f"member {bad} fails its CRC check"
+            if not any(n.endswith("data.pkl") for n in archive.namelist()):
+                return "not a torch checkpoint (no data.pkl)"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _step_of(path: Path) -> tuple[int, int]:
+    """(step, version) of ``step-N.ckpt`` / ``step-N-vK.ckpt`` (Lightning's name for a rewrite)."""
+    match = re.fullmatch(r"step-(\d+)(?:-v(\d+))?\.ckpt", path.name)
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else (-1, 0)
+
+
+def resume_checkpoint(out_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint a resume should start from, and one line per damaged one skipped.
+
+    ``last.ckpt`` when intact, else the newest intact ``step-N.ckpt``: a run cut short while a
+    file was written, or a disk that corrupted one, costs the steps since that checkpoint, never
+    the whole run. A damaged file is moved aside to ``<name>.damaged`` (kept for inspection; the
+    resumed run writes that step again under its own name). ``(None, [])`` when there is no
+    checkpoint at all; ``(None, [...])`` when every one is damaged."""
+    folder = checkpoint_dir(out_dir)
+    if not folder.is_dir():
+        return None, []
+    steps = sorted(folder.glob("step-*.ckpt"), key=_step_of, reverse=True)
+    candidates = [p for p in (folder / LAST, *steps) if p.is_file()]
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        skipped.append(f"{path} is damaged ({problem}); moved to {aside.name}")
+    return None, skipped
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

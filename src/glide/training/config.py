@@ -127,7 +127,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (-1: all)
     out_dir: str = "models/base"
     plots_file: str = "plots/train_base.csv"
-    resume: bool = False  # continue from out_dir/checkpoints/last.ckpt and its MLflow run
+    # true: continue from out_dir's newest intact checkpoint and its MLflow run; auto: only a
+    # run of this same config that did not finish (what `dvc repro` after a stop needs); false
+    resume: bool | str = False
     progress: bool = True
     log_mlflow_model: bool = True  # also log the EMA model with mlflow.pytorch.log_model
     data: DataConfig = field(default_factory=DataConfig)
@@ -139,6 +141,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.resume not in (True, False, "auto"):
+            raise ValueError(f"train.resume must be true, false or auto, got {self.resume!r}")
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
         from glide.diffusion import LOSS_WEIGHTINGS, PARAMETRIZATIONS, TIMESTEP_SAMPLERS

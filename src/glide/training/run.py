@@ -16,10 +16,13 @@ promotion gate refuses such a truncated model unless ``promotion.allow_truncated
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -32,15 +35,35 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, Timer, TQDMProgressBar
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from glide.io import atomic_write_text
 from glide.models.export import load_model, save_model
 from glide.precision import Hardware, Workload, detect_hardware
 from glide.precision import Timer as PrecisionTimer
 from glide.precision import resolve_precision as resolve_shared
+from glide.stage import StageStopped, deferred_signals
 from glide.tracking import ensure_reachable, flatten_params, resolve_tracking_uri
+from glide.tracking.buffer import (
+    PENDING_DIR,
+    BufferingClient,
+    TrackingPendingError,
+    quick_http_failures,
+)
 from glide.tracking.datasets import DataRef, link_inputs
+from glide.tracking.registry import file_sha256
+from glide.tracking.runs import DropMessage, log_pytorch_model
+from glide.tracking.store import dvc_experiment_tags, prepare_store, store_root
 from glide.training.callbacks import SampleGrid, TrainMonitor
-from glide.training.checkpoint import AtomicCheckpointIO, checkpoint_dir, last_checkpoint
+from glide.training.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    checkpoint_dir,
+    load_checkpoint,
+    resume_checkpoint,
+)
 from glide.training.config import TrainConfig
 from glide.training.datamodule import ShardDataModule
 from glide.training.modules import GlideModule, InpaintModule, build_module
@@ -48,6 +71,7 @@ from glide.training.modules import GlideModule, InpaintModule, build_module
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+RESUME_KEY_FILE = "resume_key"  # resume_key() of the run that owns the checkpoints
 STOPPED_BY_STEPS = "max_steps"  # every step ran
 STOPPED_BY_TIME = "max_time"  # the opt-in time cap fired first: the model is truncated
 STOPPED_EARLY = "early_stop"  # a callback set trainer.should_stop before max_steps
@@ -135,6 +159,30 @@ def _training_workload(module: GlideModule) -> Workload:
     )
 
 
+class _BufferedMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger writing through a :class:`BufferingClient`: training goes on
+    when the tracking server stops answering (see :mod:`glide.tracking.buffer`)."""
+
+    _buffer: BufferingClient | None = None
+
+    @property
+    def experiment(self) -> Any:
+        inner = MLFlowLogger.experiment.fget(self)  # type: ignore[attr-defined]
+        if rank_zero_only.rank != 0:
+            return inner
+        if self._buffer is None:
+            self._buffer = BufferingClient(inner)
+        return self._buffer
+
+    def finalize(self, status: str = "success") -> None:
+        # Lightning's own finalize reads the run first, which a dead server would turn into a
+        # crash at the end of a finished training.
+        if not self._initialized:
+            return
+        names = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
+        self.experiment.set_terminated(self.run_id, names.get(status, status))
+
+
 def _mlflow_logger(
     config: TrainConfig,
     *,
@@ -143,34 +191,21 @@ def _mlflow_logger(
     tracking_uri: str | None,
     run_id: str | None,
 ) -> Any:
-    from pytorch_lightning.loggers import MLFlowLogger
-
     uri = resolve_tracking_uri(root, tracking_uri)
     ensure_reachable(uri)  # fail before any work when a tracking server is down
-    artifacts = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    return MLFlowLogger(
+    prepare_store(uri, experiment, root=root)  # schema and experiment: once, under a lock
+    quick_http_failures()  # a dead server is buffered (BufferingClient), not retried for minutes
+    return _BufferedMLFlowLogger(
         experiment_name=experiment,
         run_name=f"train_{config.name}",
         tracking_uri=uri,
-        tags={"stage": f"train_{config.name}", "kind": config.kind},
+        tags={**dvc_experiment_tags(), "stage": f"train_{config.name}", "kind": config.kind},
         run_id=run_id,
-        artifact_location=artifacts,
         log_model=False,
     )
 
 
-class _DropMessage(logging.Filter):
-    """Drops the records whose message starts with one exact text."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
-
-
-class _DropLightningTips(_DropMessage):
+class _DropLightningTips(DropMessage):
     """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" advertisements."""
 
     def __init__(self) -> None:
@@ -262,13 +297,92 @@ def stop_reason(trainer: pl.Trainer, max_steps: int) -> str:
     return STOPPED_EARLY
 
 
+class _StopRequest:
+    """The callback a stop signal calls during ``fit``: the trainer finishes the step it is in
+    (``should_stop``) instead of being torn mid-update."""
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
+        self.signum: int | None = None
+
+    def __call__(self, signum: int) -> None:
+        self.signum = self.signum or signum
+        self.trainer.should_stop = True
+
+
+def _mark_killed(logger: Any, trainer: pl.Trainer) -> None:
+    """The MLflow run of a stopped training ends ``KILLED`` (Lightning leaves it ``FINISHED``
+    or ``FAILED``); a store that cannot be reached is reported, not raised."""
+    if not trainer.is_global_zero:
+        return
+    try:
+        logger.experiment.set_terminated(str(logger.run_id), "KILLED")
+    except Exception as exc:
+        print(f"warning: could not mark MLflow run {logger.run_id} KILLED: {exc}", file=sys.stderr)
+
+
 def _reset_outputs(config: TrainConfig) -> None:
     out = Path(config.out_dir)
     for sub in ("checkpoints", "samples"):
         shutil.rmtree(out / sub, ignore_errors=True)
-    for name in ("model.pt", "summary.json", RUN_ID_FILE):
+    for name in ("model.pt", "summary.json", RUN_ID_FILE, RESUME_KEY_FILE):
         (out / name).unlink(missing_ok=True)
     Path(config.plots_file).unlink(missing_ok=True)
+
+
+# Keys that change how a run is watched or stored, not the weights it trains.
+_OPERATIONAL_KEYS = (
+    "resume", "max_time", "progress", "num_threads", "log_every", "checkpoint_every",
+    "keep_checkpoints", "log_mlflow_model", "sample",
+)  # fmt: skip
+
+
+def resume_key(
+    config: TrainConfig, *, root: Path, inputs: Sequence[tuple[DataRef, str]] = ()
+) -> str:
+    """A digest of what determines the trained weights: the config (less
+    :data:`_OPERATIONAL_KEYS`), the shards' digests and the inpainting init model's bytes.
+    ``resume: auto`` continues a checkpoint only under the same key."""
+    what: dict[str, Any] = dataclasses.asdict(config)
+    for name in _OPERATIONAL_KEYS:
+        what.pop(name, None)
+    what["inputs"] = sorted(f"{ref.name}@{ref.digest}" for ref, _ in inputs)
+    init = root / config.inpaint.init_from if config.inpaint.init_from else None
+    if config.kind == "inpaint" and init is not None and init.is_file():
+        what["init_from_sha256"] = file_sha256(init)
+    text = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resume_from(config: TrainConfig, key: str) -> Path | None:
+    """The checkpoint this run continues from (``None``: start at step 0).
+
+    ``resume: true`` takes the newest intact checkpoint; ``auto`` does too, but only for a run
+    of the same :func:`resume_key` that has not finished (no ``summary.json``): a stopped
+    ``dvc repro`` continues, a changed config starts over. Damaged checkpoints are skipped
+    with a warning; when every one is damaged the run stops rather than silently restart."""
+    out = Path(config.out_dir)
+    if config.resume is False:
+        return None
+    if config.resume == "auto":
+        key_file = out / RESUME_KEY_FILE
+        same = key_file.is_file() and key_file.read_text().strip() == key
+        if not same or (out / "summary.json").is_file():
+            return None
+    path, skipped = resume_checkpoint(out)
+    name = f"train_{config.name}"
+    for line in skipped:
+        print(f"{name}: warning: {line}", file=sys.stderr, flush=True)
+    if path is None and skipped:
+        raise CheckpointError(
+            f"{name}: every checkpoint in {checkpoint_dir(out)} is damaged; delete that folder "
+            "(or set train.resume=false) to train from step 0"
+        )
+    if path is not None:
+        step = load_checkpoint(path).get("global_step", "?") if skipped else None
+        how = f" (step {step}, the newest intact checkpoint)" if skipped else ""
+        print(f"{name}: resuming from {path}{how}", file=sys.stderr, flush=True)
+    return path
 
 
 def _export(
@@ -313,12 +427,15 @@ def train(
     start = time.perf_counter()
     root = Path(root)
     out = Path(config.out_dir)
-    ckpt_path = last_checkpoint(out) if config.resume else None
+    key = resume_key(config, root=root, inputs=inputs)
+    ckpt_path = _resume_from(config, key)
+    resuming = ckpt_path is not None or config.resume is True
     run_id_file = out / RUN_ID_FILE
-    run_id = run_id_file.read_text().strip() if config.resume and run_id_file.is_file() else None
-    if not config.resume:
+    run_id = run_id_file.read_text().strip() if resuming and run_id_file.is_file() else None
+    if not resuming:
         _reset_outputs(config)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RESUME_KEY_FILE, key + "\n")
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     set_threads(config)
@@ -360,7 +477,7 @@ def train(
     if trainer.is_global_zero:
         if run_id is None and params is not None:
             logger.log_hyperparams(flatten_params(params))
-        run_id_file.write_text(str(logger.run_id) + "\n")
+        atomic_write_text(run_id_file, str(logger.run_id) + "\n")
         if inputs:
             link_inputs(logger.experiment, str(logger.run_id), inputs)
 
@@ -380,11 +497,34 @@ def train(
         warnings.filterwarnings(
             "ignore", message=r".*Please add the following callbacks: \['Timer'\]"
         )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        # A resumed run writes into its own checkpoint folder on purpose.
+        warnings.filterwarnings(
+            "ignore", message=r"Checkpoint directory .* exists and is not empty"
+        )
+        stop = _StopRequest(trainer)
+        with deferred_signals(stop):
+            try:
+                trainer.fit(
+                    module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None
+                )
+            except SIGTERMException:  # Lightning's own SIGTERM path: raised after a whole step
+                stop.signum = stop.signum or signal.SIGTERM
     step = trainer.global_step
     stopped_by = stop_reason(trainer, config.max_steps)
-    # A final checkpoint at the last step, so `resume` after completion is a no-op.
-    trainer.save_checkpoint(checkpoint_dir(out) / "last.ckpt", weights_only=False)  # full state
+    # A final checkpoint at the last step, so `resume` after completion is a no-op (and after a
+    # stop signal, so `dvc repro` continues from the last whole step).
+    last = checkpoint_dir(out) / "last.ckpt"
+    trainer.save_checkpoint(last, weights_only=False)  # full state
+    if stop.signum is not None:
+        _mark_killed(logger, trainer)
+        print(
+            f"train_{config.name}: stopped by {StageStopped(stop.signum).signal_name} at step "
+            f"{step} of {config.max_steps}; checkpoint {last}: `dvc repro` (train.resume=auto) "
+            "or train.resume=true continues from it",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise StageStopped(stop.signum)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
@@ -414,7 +554,7 @@ def train(
     model_path = _export(
         config, module, step=step, extra={"run_id": run_id, **stop, **summary["metrics"]}
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     client = logger.experiment
     # Tags, not params: a resumed run (same MLflow run) overwrites them with its own outcome.
     tags = {"stopped_by": stopped_by, "steps_done": step, "max_steps": config.max_steps}
@@ -424,30 +564,34 @@ def train(
     client.log_artifact(run_id, str(out / "summary.json"), "export")
     if Path(config.plots_file).is_file():
         client.log_artifact(run_id, config.plots_file, "plots")
+    deferred = []
     if config.log_mlflow_model:
-        _log_mlflow_model(module, run_id=run_id, tracking_uri=logger._tracking_uri)
+        if client.flush():
+            _log_mlflow_model(module, run_id=run_id, tracking_uri=logger._tracking_uri)
+        else:  # the server is down: replay logs the model from the export
+            deferred.append({"op": "log_model", "run_id": run_id, "model_file": str(model_path)})
+    if not client.flush() or deferred:
+        _save_pending(client, deferred, root=root, stage=f"train_{config.name}", run_id=run_id)
     return TrainResult(model_path, run_id, step, metrics, seconds, stopped_by)
+
+
+def _save_pending(
+    client: BufferingClient, deferred: list[dict[str, Any]], *, root: Path, stage: str, run_id: str
+) -> None:
+    """Every output is written; the MLflow writes the server did not take go to a file, and the
+    stage fails with the command that replays them."""
+    path = store_root(root) / PENDING_DIR / f"{stage}-{run_id}.json"
+    what = client.describe_pending()
+    client.save_pending(path, deferred)
+    raise TrackingPendingError(
+        f"the MLflow server {client.tracking_uri} stopped answering ({client.last_error}); "
+        f"outputs and checkpoints are written, the run's last writes ({what}) are kept in "
+        f"{path}: once the server is back, run `glide replay {path}`, then `dvc commit {stage}`"
+    )
 
 
 def _log_mlflow_model(module: GlideModule, *, run_id: str, tracking_uri: str) -> None:
     """The EMA network as an MLflow logged model (``runs:/<run_id>/model``): what the registry
     promotes (``models:/glide-<name>@champion``); ``export/model.pt`` beside it is the
     ``weights_only`` file that glide's own loaders read."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    ema = module.ema.model.cpu().eval()
-    # The pickle format is chosen (see below); MLflow's advice to switch is not for our users.
-    warn_log = logging.getLogger("mlflow.pytorch")
-    drop = _DropMessage("Saving pytorch model by Pickle")
-    warn_log.addFilter(drop)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(
-                ema,
-                name="model",
-                serialization_format="pickle",  # pt2 would need a traced example per model kind
-                pip_requirements=["torch", "glide-pipeline"],  # skip slow requirement inference
-            )
-    finally:
-        warn_log.removeFilter(drop)
+    log_pytorch_model(module.ema.model.cpu().eval(), run_id=run_id, tracking_uri=tracking_uri)
