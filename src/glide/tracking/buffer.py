@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,22 @@ class TrackingPendingError(StageError):
     """The stage finished its outputs but some MLflow writes wait in a file for ``glide replay``."""
 
 
-def quick_http_failures() -> None:
-    """Unless the user set them: 2 retries, 0.5 s backoff, 10 s timeout per MLflow request."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+@contextmanager
+def quick_http_failures() -> Iterator[None]:
+    """Inside the block, unless the user set them: 2 retries, backoff factor 1, 10 s timeout per
+    MLflow request (MLflow's defaults wait minutes on a dead server). Restored afterwards."""
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }
+    added = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _encode(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -194,7 +194,6 @@ def _mlflow_logger(
     uri = resolve_tracking_uri(root, tracking_uri)
     ensure_reachable(uri)  # fail before any work when a tracking server is down
     prepare_store(uri, experiment, root=root)  # schema and experiment: once, under a lock
-    quick_http_failures()  # a dead server is buffered (BufferingClient), not retried for minutes
     return _BufferedMLFlowLogger(
         experiment_name=experiment,
         run_name=f"train_{config.name}",
@@ -421,11 +420,35 @@ def train(
 
     ``preset`` is a model preset dict (``glide.models.load_preset``); ``params`` (the composed
     Hydra config) are logged flattened as the run's parameters; ``inputs`` (dataset, context)
-    as its dataset inputs, linked to the prepare run that made them. With ``config.resume`` the
-    run continues from ``<out_dir>/checkpoints/last.ckpt`` in the same MLflow run.
+    as its dataset inputs, linked to the prepare run that made them. ``config.resume`` (see
+    :func:`_resume_from`) continues from a checkpoint in the same MLflow run. MLflow writes that
+    fail (a tracking server gone) are buffered; see :mod:`glide.tracking.buffer`.
     """
+    with quick_http_failures():
+        return _train(
+            config,
+            preset,
+            root=Path(root),
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+            params=params,
+            extra_callbacks=extra_callbacks,
+            inputs=inputs,
+        )
+
+
+def _train(
+    config: TrainConfig,
+    preset: Mapping[str, Any],
+    *,
+    root: Path,
+    experiment: str,
+    tracking_uri: str | None,
+    params: Mapping[str, Any] | None,
+    extra_callbacks: list[pl.Callback] | None,
+    inputs: Sequence[tuple[DataRef, str]],
+) -> TrainResult:
     start = time.perf_counter()
-    root = Path(root)
     out = Path(config.out_dir)
     key = resume_key(config, root=root, inputs=inputs)
     ckpt_path = _resume_from(config, key)
