@@ -23,7 +23,7 @@ from glide.training import load_checkpoint
 from tests.test_e2e import _env, commands, project, ran, run, set_keys
 from tests.test_registry import template_db  # noqa: F401  (fixture)
 from tests.test_tracking_server import start_server, stop_server
-from tests.test_training_checkpoint import shards  # noqa: F401  (fixture)
+from tests.test_training_checkpoint import shards, tiny_base_overrides  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -117,29 +117,9 @@ def test_queued_experiments_two_at_a_time_land_in_the_project_store(tmp_path: Pa
 
 
 def _train_cmd(shards_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(REPO / "pipelines" / "train.py"),
-        "train=base",
-        f"train.data.shards_dir={shards_dir}",
-        f"train.out_dir={out / 'models' / 'base'}",
-        f"train.plots_file={out / 'plots.csv'}",
-        "+train.model_overrides.image_size=32",
-        "+train.model_overrides.channel_mult='1,2'",
-        "+train.model_overrides.attention_resolutions='8'",
-        "+train.model_overrides.text_ctx=16",
-        "+train.model_overrides.xf_layers=1",
-        "train.data.image_size=32",
-        "train.data.text_ctx=16",
-        "train.data.batch_size=4",
-        "train.data.num_workers=0",
-        "train.max_time=0",
-        "train.num_threads=1",
-        "train.progress=false",
-        "train.log_every=1",
-        "train.sample.steps=2",
-        *extra,
-    ]
+    script = str(REPO / "pipelines" / "train.py")
+    overrides = tiny_base_overrides(shards_dir, out)
+    return [sys.executable, script, "train=base", *overrides, "train.log_every=1", *extra]
 
 
 def _checkout(tmp_path: Path) -> Path:
@@ -174,6 +154,31 @@ def _losses_logged(uri: str, out: Path, n: int) -> Any:
     return check
 
 
+def _training_under(
+    server: subprocess.Popen[bytes],
+    uri: str,
+    tmp_path: Path,
+    shards_dir: Path,
+    steps: int,
+    every: int,
+    **popen: Any,
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A training stage process logging to the ``server`` at ``uri``, once its first losses
+    reached the store (on a failure before that, both processes are stopped)."""
+    root = _checkout(tmp_path)
+    cmd = _train_cmd(
+        shards_dir, tmp_path, f"train.max_steps={steps}", f"train.checkpoint_every={every}"
+    )
+    stage = subprocess.Popen(cmd, cwd=root, env=_stage_env(uri), stdout=subprocess.PIPE, **popen)
+    try:
+        _wait(_losses_logged(uri, tmp_path, 3), 180, "the first losses", stage)
+    except BaseException:
+        stage.kill()
+        stop_server(server)
+        raise
+    return root, stage
+
+
 def test_training_outlives_a_tracking_server_that_dies_and_comes_back(
     tmp_path: Path,
     template_db: Path,  # noqa: F811
@@ -182,14 +187,9 @@ def test_training_outlives_a_tracking_server_that_dies_and_comes_back(
     server = tmp_path / "server"
     proc, uri = start_server(server, template_db)
     port = int(uri.rsplit(":", 1)[1])
-    root = _checkout(tmp_path)
     steps = 300
-    cmd = _train_cmd(shards, tmp_path, f"train.max_steps={steps}", "train.checkpoint_every=10")
-    stage = subprocess.Popen(
-        cmd, cwd=root, env=_stage_env(uri), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    root, stage = _training_under(proc, uri, tmp_path, shards, steps, 10, stderr=subprocess.STDOUT)
     try:
-        _wait(_losses_logged(uri, tmp_path, 3), 180, "the first losses", stage)
         stop_server(proc)  # the server dies mid-stage
         ckdir = tmp_path / "models" / "base" / "checkpoints"
         at_kill = (
@@ -232,14 +232,9 @@ def test_a_server_that_stays_down_leaves_outputs_and_a_replay_file(
 ) -> None:
     server = tmp_path / "server"
     proc, uri = start_server(server, template_db)
-    root = _checkout(tmp_path)
     steps = 60
-    cmd = _train_cmd(shards, tmp_path, f"train.max_steps={steps}", "train.checkpoint_every=20")
-    stage = subprocess.Popen(
-        cmd, cwd=root, env=_stage_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    root, stage = _training_under(proc, uri, tmp_path, shards, steps, 20, stderr=subprocess.PIPE)
     try:
-        _wait(_losses_logged(uri, tmp_path, 3), 180, "the first losses", stage)
         stop_server(proc)
         _, err = stage.communicate(timeout=600)
     finally:

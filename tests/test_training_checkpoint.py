@@ -135,13 +135,13 @@ def test_exact_resume_same_step_weights_and_optimizer(
     assert steps == [0, 1, 2, 2, 3, 3]  # steps 2-3 ran again after the "crash", same run
 
 
-@pytest.mark.slow
-def test_resume_after_kill_9(shards: Path, tmp_path: Path) -> None:
-    overrides = [
+def tiny_base_overrides(shards: Path, out: Path) -> list[str]:
+    """``pipelines/train.py train=base`` overrides for a seconds-long run of a 32 px U-Net on
+    ``shards``, writing under ``out`` (one thread, no loader workers, no time cap)."""
+    return [
         f"train.data.shards_dir={shards}",
-        f"train.out_dir={tmp_path / 'models' / 'base'}",
-        f"train.plots_file={tmp_path / 'plots.csv'}",
-        f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"train.out_dir={out / 'models' / 'base'}",
+        f"train.plots_file={out / 'plots.csv'}",
         "+train.model_overrides.image_size=32",
         "+train.model_overrides.channel_mult='1,2'",
         "+train.model_overrides.attention_resolutions='8'",
@@ -151,13 +151,21 @@ def test_resume_after_kill_9(shards: Path, tmp_path: Path) -> None:
         "train.data.text_ctx=16",
         "train.data.batch_size=4",
         "train.data.num_workers=0",
-        "train.max_steps=40",
         "train.max_time=0",
-        "train.checkpoint_every=5",
         "train.num_threads=1",
         "train.progress=false",
-        "train.log_mlflow_model=false",
         "train.sample.steps=2",
+    ]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(shards: Path, tmp_path: Path) -> None:
+    overrides = [
+        *tiny_base_overrides(shards, tmp_path),
+        f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "train.max_steps=40",
+        "train.checkpoint_every=5",
+        "train.log_mlflow_model=false",
     ]
     cmd = [sys.executable, str(REPO / "pipelines" / "train.py"), "train=base", *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from glide.io import DiskFullError, is_disk_full
+from glide.io import is_disk_full
 from glide.stage import StageError
 from glide.tracking.store import RetryLocked, retry_locked
 
@@ -96,7 +96,8 @@ class BufferingClient:
         self._client = client
         self.retry_every = retry_every
         self._clock = clock
-        self.pending: list[dict[str, Any]] = []
+        # (method, args, kwargs) as called; JSON only when saved for replay
+        self.pending: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._down_since: float | None = None
         self._last_try = 0.0
         self.last_error: str | None = None
@@ -111,7 +112,7 @@ class BufferingClient:
         return lambda *args, **kwargs: self._write(name, args, kwargs)
 
     def _write(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self.pending.append(_encode(method, args, kwargs))
+        self.pending.append((method, args, kwargs))
         if self._down_since is not None and self._clock() - self._last_try < self.retry_every:
             return None
         self.flush()
@@ -121,7 +122,7 @@ class BufferingClient:
         """Write every queued call, oldest first; ``True`` when none is left."""
         self._last_try = self._clock()
         while self.pending:
-            op, args, kwargs = _decode(self.pending[0])
+            op, args, kwargs = self.pending[0]
             try:
                 retry_locked(getattr(self._client, op), *args, **kwargs)
             except Exception as exc:  # any failure of the store: keep the call for later
@@ -136,34 +137,32 @@ class BufferingClient:
         return True
 
     def _raise_disk_full(
-        self, exc: OSError, op: str, args: list[Any], kwargs: dict[str, Any]
+        self, exc: OSError, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         if op != "log_artifact" or len(args) < 2:
             raise exc
-        from glide.tracking.runs import artifact_destination
+        from glide.tracking.runs import upload_disk_full
 
         run_id, local_path = args[0], args[1]
         sub = args[2] if len(args) > 2 else kwargs.get("artifact_path")
         root = self._client.get_run(run_id).info.artifact_uri
-        uri = f"{root}/{sub}" if sub else root
-        raise DiskFullError(
-            artifact_destination(uri, local_path), Path(local_path).stat().st_size
-        ) from exc
+        raise upload_disk_full(f"{root}/{sub}" if sub else root, local_path) from exc
 
     def describe_pending(self) -> str:
-        values = sum(len(c["kwargs"].get("metrics") or []) for c in self.pending)
-        values += sum(1 for c in self.pending if c["op"] == "log_metric")
-        files = sum(1 for c in self.pending if c["op"] in ("log_artifact", "log_artifacts"))
+        values = sum(len(kwargs.get("metrics") or []) for _, _, kwargs in self.pending)
+        values += sum(1 for op, _, _ in self.pending if op == "log_metric")
+        files = sum(1 for op, _, _ in self.pending if op in ("log_artifact", "log_artifacts"))
         return f"{values} metric values, {files} artifact uploads, {len(self.pending)} calls"
 
-    def save_pending(self, path: str | Path, extra: list[dict[str, Any]] = ()) -> Path:  # type: ignore[assignment]
-        """Write the queued calls (and ``extra`` ones) for :func:`replay`; atomic."""
+    def save_pending(self, path: str | Path, extra: Sequence[dict[str, Any]] = ()) -> Path:
+        """Write the queued calls (and ``extra`` ones, already in the file's form) for
+        :func:`replay`; atomic."""
         from glide.io import atomic_write_text
 
         document = {
             "tracking_uri": self.tracking_uri,
             "error": self.last_error,
-            "calls": [*self.pending, *extra],
+            "calls": [*(_encode(*call) for call in self.pending), *extra],
         }
         return atomic_write_text(path, json.dumps(document, indent=1) + "\n")
 

@@ -79,28 +79,26 @@ class _TrackedRun(RetryLocked):
     another process holds an SQLite store's write lock, and an artifact upload that fills the
     disk names its destination (:class:`DiskFullError`)."""
 
-    def __init__(self, module: Any) -> None:
-        super().__init__(module)
-        self._module = module
-
     def log_artifact(self, local_path: str, artifact_path: str | None = None, **kw: Any) -> None:
         try:
-            retry_locked(self._module.log_artifact, local_path, artifact_path, **kw)
+            retry_locked(self._obj.log_artifact, local_path, artifact_path, **kw)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            dest = artifact_destination(self._module.get_artifact_uri(artifact_path), local_path)
-            raise DiskFullError(dest, Path(local_path).stat().st_size) from exc
+            artifact_uri = self._obj.get_artifact_uri(artifact_path)
+            raise upload_disk_full(artifact_uri, local_path) from exc
 
 
-def artifact_destination(artifact_uri: str, local_path: str) -> str:
-    """Where an upload of ``local_path`` lands: a local path for a ``file:`` store."""
+def upload_disk_full(artifact_uri: str, local_path: str) -> DiskFullError:
+    """The error for an upload of ``local_path`` to ``artifact_uri`` that filled the disk,
+    naming where the file was going (a local path for a ``file:`` store) and its size."""
     name = Path(local_path).name
     if artifact_uri.startswith("file:"):
-        return str(
-            Path(urllib.request.url2pathname(urllib.parse.urlparse(artifact_uri).path)) / name
-        )
-    return f"{artifact_uri.rstrip('/')}/{name}"
+        folder = urllib.request.url2pathname(urllib.parse.urlparse(artifact_uri).path)
+        dest = str(Path(folder) / name)
+    else:
+        dest = f"{artifact_uri.rstrip('/')}/{name}"
+    return DiskFullError(dest, Path(local_path).stat().st_size)
 
 
 @contextmanager

@@ -157,6 +157,5 @@ def prepare_store(uri: str, experiment: str, *, root: str | Path) -> str:
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
             return str(exp.experiment_id)
-        db = sqlite_path(uri)
         artifacts = None if db is None else (db.parent / "mlartifacts").resolve().as_uri()
         return str(client.create_experiment(experiment, artifact_location=artifacts))

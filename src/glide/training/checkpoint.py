@@ -75,8 +75,9 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
-def _step_of(path: Path) -> tuple[int, int]:
-    """(step, version) of ``step-N.ckpt`` / ``step-N-vK.ckpt`` (Lightning's name for a rewrite)."""
+def step_of(path: Path) -> tuple[int, int]:
+    """(step, version) of ``step-N.ckpt`` / ``step-N-vK.ckpt`` (Lightning's name for a rewrite);
+    ``(-1, 0)`` for any other name."""
     match = re.fullmatch(r"step-(\d+)(?:-v(\d+))?\.ckpt", path.name)
     return (int(match.group(1)), int(match.group(2) or 0)) if match else (-1, 0)
 
@@ -92,7 +93,7 @@ def resume_checkpoint(out_dir: str | Path) -> tuple[Path | None, list[str]]:
     folder = checkpoint_dir(out_dir)
     if not folder.is_dir():
         return None, []
-    steps = sorted(folder.glob("step-*.ckpt"), key=_step_of, reverse=True)
+    steps = sorted(folder.glob("step-*.ckpt"), key=step_of, reverse=True)
     candidates = [p for p in (folder / LAST, *steps) if p.is_file()]
     skipped = []
     for path in candidates:

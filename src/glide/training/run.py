@@ -61,8 +61,8 @@ from glide.training.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
     checkpoint_dir,
-    load_checkpoint,
     resume_checkpoint,
+    step_of,
 )
 from glide.training.config import TrainConfig
 from glide.training.datamodule import ShardDataModule
@@ -378,8 +378,8 @@ def _resume_from(config: TrainConfig, key: str) -> Path | None:
             "(or set train.resume=false) to train from step 0"
         )
     if path is not None:
-        step = load_checkpoint(path).get("global_step", "?") if skipped else None
-        how = f" (step {step}, the newest intact checkpoint)" if skipped else ""
+        # Only a step-N file can follow a damaged last.ckpt: its name holds the step.
+        how = f" (step {step_of(path)[0]}, the newest intact checkpoint)" if skipped else ""
         print(f"{name}: resuming from {path}{how}", file=sys.stderr, flush=True)
     return path
 
