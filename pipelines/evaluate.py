@@ -1,16 +1,22 @@
 """DVC stage ``evaluate``: guidance sweeps and a sampler table of the trained cascade.
 
     python pipelines/evaluate.py [evaluate=coco30k] [hydra overrides...]
+    torchrun --nproc-per-node N pipelines/evaluate.py [...]      # N processes, same results
 
 Reads the COCO-format set ``evaluate.captions`` (default: the val export of ``prepare``) and the
 models ``evaluate.base`` / ``upsampler`` / ``clip`` (default: ``models/*`` from training).
 Writes ``metrics/evaluate.json`` (``{"cfg": {scale: metrics}, "clip": ..., "samplers": ...}``),
 ``plots/guidance.csv`` and ``plots/samplers.csv`` (``dvc plots``), ``plots/guidance_pareto.png``
 and one sample grid per point under ``reports/evaluate/``; logs one MLflow run.
+
+Under ``torchrun`` (or ``srun``) every rank generates and measures its share of each point's
+captions; the first rank alone writes the outputs and the MLflow run. Finished images are kept in
+``evaluate.cache_dir``, so the same command after a crash (or ``kill -9``) resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -28,6 +34,7 @@ from glide.evaluation import (
     write_csv,
     write_pareto_plot,
 )
+from glide.evaluation.distributed import World, init_world, shutdown_world
 from glide.evaluation.report import GUIDANCE_COLUMNS, SAMPLER_COLUMNS
 from glide.io import atomic_path, atomic_write_text
 from glide.sampling import load_model_source
@@ -70,17 +77,41 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _evaluate(config: EvaluateConfig, world: World) -> Any:
+    load = {"tokenizer_path": config.tokenizer_path, "device": config.device}
+    base = load_model_source(config.base, **load)
+    upsampler = load_model_source(config.upsampler, **load) if config.upsampler else None
+    clip = load_model_source(config.clip, **load) if config.clip else None
+    inpaint = load_model_source(config.inpaint, **load) if config.inpaint else None
+    evaluator = Evaluator(
+        config, base=base, upsampler=upsampler, clip=clip, inpaint=inpaint, world=world
+    )
+    return evaluator.run()
+
+
 def main(argv: list[str]) -> int:
     cfg = compose("config", _overrides(argv))
-    root = project_root()
     config = EvaluateConfig.from_dict(cfg["evaluate"])
-    torch.manual_seed(config.seed)
+    world = init_world(config.device)
+    try:
+        config = dataclasses.replace(config, device=world.device)
+        torch.manual_seed(config.seed)
+        if not world.is_main:  # the first rank writes every output and the MLflow run
+            _evaluate(config, world)
+            return 0
+        return _main_rank(cfg, config, world)
+    finally:
+        shutdown_world(world)
+
+
+def _main_rank(cfg: Any, config: EvaluateConfig, world: World) -> int:
+    root = project_root()
     with tracked_run(
         root=root,
         experiment=cfg["experiment"],
         run_name="evaluate",
         params={"seed": cfg["seed"], "evaluate": cfg["evaluate"]},
-        tags={"stage": "evaluate"},
+        tags={"stage": "evaluate", "processes": str(world.size)},
         uri=cfg["tracking_uri"],
     ) as mlflow:
         run_id = mlflow.active_run().info.run_id
@@ -94,12 +125,7 @@ def main(argv: list[str]) -> int:
                 stats=load_prepare_stats(cfg["metrics_file"]),
             )
             link_inputs(mlflow.MlflowClient(), run_id, [(captions, "evaluation")])
-        load = {"tokenizer_path": config.tokenizer_path, "device": config.device}
-        base = load_model_source(config.base, **load)
-        upsampler = load_model_source(config.upsampler, **load) if config.upsampler else None
-        clip = load_model_source(config.clip, **load) if config.clip else None
-        inpaint = load_model_source(config.inpaint, **load) if config.inpaint else None
-        result = Evaluator(config, base=base, upsampler=upsampler, clip=clip, inpaint=inpaint).run()
+        result = _evaluate(config, world)
         metrics = result.metrics_json()
         metrics["info"]["mlflow_run_id"] = run_id  # the register stage links versions to it
 
@@ -117,6 +143,7 @@ def main(argv: list[str]) -> int:
             name = point.method if point.method == "inpaint" else f"{point.method}_{point.key}"
             name = name.replace("+", "p")
             path = REPORTS_DIR / f"{name}.png"
+            assert point.grid is not None  # the first rank has every grid
             with atomic_path(path) as tmp:
                 point.grid.save(tmp, format="PNG")
             mlflow.log_artifact(str(path), artifact_path="grids")

@@ -51,22 +51,26 @@ def test_noised_clip_distance_is_zero_for_identical_sets_and_grows_with_corrupti
     assert 0 < distances[0] < distances[1] < distances[2]
 
 
-@pytest.fixture
-def inception_weights(tmp_path: Path) -> Path:
+def random_inception_weights(folder: Path) -> Path:
     """A random-init state dict of torch-fidelity's FID Inception (the real file is not needed
     for the code path); its constructor reads an empty placeholder instead of downloading."""
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    dummy = tmp_path / "dummy.pt"
+    dummy = folder / "dummy.pt"
     torch.save({}, dummy)
     torch.manual_seed(0)
     with mock.patch.object(
         fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None
     ):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["64"], str(dummy))
-    path = tmp_path / "random-inception.pth"
+    path = folder / "random-inception.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def inception_weights(tmp_path: Path) -> Path:
+    return random_inception_weights(tmp_path)
 
 
 def test_fid_code_path_with_local_random_inception_weights(inception_weights: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from glide.diffusion import ImageGenerators, image_seed
 from glide.guidance import CLIPGuidance
 from glide.sampling import (
     Cascade,
@@ -92,7 +93,7 @@ def test_cascade_is_seeded_and_scale_one_is_plain_conditional(base) -> None:  # 
     assert first.base.shape == (2, 3, 32, 32) and first.base.dtype == torch.uint8
     assert torch.equal(first.base, again.base) and torch.equal(first.final, first.base)
     assert not torch.equal(first.base, other.base)
-    # scale 1: the conditional model alone, from the same noise
+    # scale 1: the conditional model alone, from the same noise (one generator per image)
     tokens, mask = base.tokenizer.batch(prompts, base.text_ctx)
     direct = run_sampler(
         base.model,
@@ -100,7 +101,7 @@ def test_cascade_is_seeded_and_scale_one_is_plain_conditional(base) -> None:  # 
         diffusion=base.diffusion,
         sampler=parse_sampler("ddim-3"),
         model_kwargs={"tokens": tokens, "mask": mask},
-        generator=torch.Generator().manual_seed(4),
+        generator=ImageGenerators.seeded([image_seed(4, 0, 0), image_seed(4, 1, 0)]),
     )
     assert torch.equal(((direct + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), first.base)
     guided = cascade.generate(

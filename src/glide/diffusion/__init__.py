@@ -9,6 +9,7 @@ from glide.diffusion.gaussian_diffusion import (
 )
 from glide.diffusion.inpaint import inpaint_denoised_fn
 from glide.diffusion.losses import LOSS_WEIGHTINGS, min_snr_weight
+from glide.diffusion.noise import ImageGenerators, NoiseGenerator, draw_noise, image_seed
 from glide.diffusion.objective import TrainingObjective
 from glide.diffusion.respace import SpacedDiffusion, create_gaussian_diffusion, space_timesteps
 from glide.diffusion.schedules import betas_for_alpha_bar, get_named_beta_schedule
@@ -28,8 +29,10 @@ __all__ = [
     "CondFn",
     "DenoisedFn",
     "GaussianDiffusion",
+    "ImageGenerators",
     "LossSecondMomentSampler",
     "Model",
+    "NoiseGenerator",
     "SpacedDiffusion",
     "TimestepSampler",
     "TrainingObjective",
@@ -39,7 +42,9 @@ __all__ = [
     "create_gaussian_diffusion",
     "dpm_solver_pp_2m_sample",
     "dpm_solver_timesteps",
+    "draw_noise",
     "get_named_beta_schedule",
+    "image_seed",
     "inpaint_denoised_fn",
     "min_snr_weight",
     "space_timesteps",

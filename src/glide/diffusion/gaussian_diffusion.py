@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from glide.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from glide.diffusion.noise import NoiseGenerator, draw_noise
 
 __all__ = ["PARAMETRIZATIONS", "CondFn", "DenoisedFn", "GaussianDiffusion", "Model"]
 
@@ -433,13 +434,13 @@ class GaussianDiffusion:
         noise: Tensor | None,
         noise_temperature: float,
         device: torch.device | str | None,
-        generator: torch.Generator | None,
+        generator: NoiseGenerator | None,
     ) -> Tensor:
         """``x_T`` (given or drawn on ``device``, else the model's device) times the temperature."""
         if device is None and isinstance(model, torch.nn.Module):
             device = next(model.parameters(), torch.empty(0)).device
         if noise is None:
-            noise = torch.randn(*shape, device=device, generator=generator)
+            noise = draw_noise(shape, generator, device=device)
         elif tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
         return noise * noise_temperature
@@ -460,14 +461,14 @@ class GaussianDiffusion:
         *,
         step_noise: bool,
         progress: bool,
-        generator: torch.Generator | None,
+        generator: NoiseGenerator | None,
     ) -> Iterator[dict[str, Tensor]]:
         """Run ``step(x, t, noise=...)`` from index T-1 down to 0, yielding each step's output."""
         for i in self._indices(progress):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             noise = None
             if step_noise:
-                noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+                noise = draw_noise(x.shape, generator, device=x.device, dtype=x.dtype)
             with torch.no_grad():
                 out = step(x, t, noise=noise)
             yield out
@@ -486,7 +487,7 @@ class GaussianDiffusion:
         model_kwargs: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
-        generator: torch.Generator | None = None,
+        generator: NoiseGenerator | None = None,
     ) -> Iterator[dict[str, Tensor]]:
         """Ancestral sampling from ``x_T`` down to ``x_0``, yielding each :meth:`p_sample` output.
 
@@ -524,7 +525,7 @@ class GaussianDiffusion:
         model_kwargs: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
-        generator: torch.Generator | None = None,
+        generator: NoiseGenerator | None = None,
     ) -> Iterator[dict[str, Tensor]]:
         """DDIM sampling over every index of this process, yielding each :meth:`ddim_sample` output."""
         step = partial(

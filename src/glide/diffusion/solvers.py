@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from glide.diffusion.gaussian_diffusion import DenoisedFn, GaussianDiffusion, Model
+from glide.diffusion.noise import NoiseGenerator, draw_noise
 
 __all__ = ["dpm_solver_pp_2m_sample", "dpm_solver_timesteps"]
 
@@ -71,7 +72,7 @@ def dpm_solver_pp_2m_sample(
     model_kwargs: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator | None = None,
 ) -> Tensor:
     """Sample [B, C, H, W] with DPM-Solver++(2M) in ``steps`` model evaluations.
 
@@ -83,7 +84,7 @@ def dpm_solver_pp_2m_sample(
     if device is None and isinstance(model, torch.nn.Module):
         device = next(model.parameters(), torch.empty(0)).device
     if noise is None:
-        noise = torch.randn(*shape, device=device, generator=generator)
+        noise = draw_noise(shape, generator, device=device)
     x = noise * noise_temperature
     grid = dpm_solver_timesteps(diffusion, steps, spacing)
     lam = _log_snr(diffusion)

@@ -37,6 +37,7 @@ __all__ = [
     "ATTRIBUTES",
     "CaptionAccuracy",
     "Verdict",
+    "accuracy_from_verdicts",
     "caption_accuracy",
     "is_builtin_caption",
     "is_single_object",
@@ -214,6 +215,14 @@ def caption_accuracy(
         judge(img, caption, world_background=world_background)
         for img, caption in zip(images, captions, strict=True)
     )
+    return accuracy_from_verdicts(verdicts)
+
+
+def accuracy_from_verdicts(verdicts: Sequence[Verdict]) -> CaptionAccuracy:
+    """Aggregate per-image verdicts (e.g. gathered from several processes, in caption order)."""
+    if not verdicts:
+        raise ValueError("need at least one verdict")
+    verdicts = tuple(verdicts)
     single = [v for v in verdicts if v.single]
     return CaptionAccuracy(
         accuracy=sum(v.matched for v in verdicts) / len(verdicts),

@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
+    "FeatureStats",
     "InceptionFID",
     "MetricOutcome",
     "compute_fid",
@@ -52,6 +53,51 @@ def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
     mu = f.mean(0)
     centred = f - mu
     return mu, centred.T @ centred / (f.shape[0] - 1)
+
+
+class FeatureStats:
+    """Running float64 sums of a feature set: ``sum f`` [D], ``sum f f^T`` [D, D] and the count.
+
+    Sums add across batches and processes (:meth:`merge`, or an all-reduce of :meth:`as_tensor`),
+    so a set split over ranks has the statistics of the whole set up to float64 round-off.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.total = torch.zeros(dim, dtype=torch.float64)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+        self.count = 0
+
+    def update(self, features: Tensor) -> None:
+        """Add features [N, D] (any float dtype)."""
+        f = features.detach().to("cpu", torch.float64).reshape(features.shape[0], -1)
+        self.total += f.sum(0)
+        self.outer += f.T @ f
+        self.count += f.shape[0]
+
+    def as_tensor(self) -> Tensor:
+        """``[count, sum..., outer...]`` flattened in float64 (one all-reduce carries it all)."""
+        count = torch.tensor([float(self.count)], dtype=torch.float64)
+        return torch.cat([count, self.total, self.outer.reshape(-1)])
+
+    @classmethod
+    def from_tensor(cls, flat: Tensor, dim: int) -> FeatureStats:
+        """Inverse of :meth:`as_tensor`."""
+        out = cls(dim)
+        out.count = round(float(flat[0]))
+        out.total = flat[1 : 1 + dim].clone()
+        out.outer = flat[1 + dim :].reshape(dim, dim).clone()
+        return out
+
+    def mean_cov(self) -> tuple[Tensor, Tensor]:
+        """Mean [D] and unbiased covariance [D, D] (needs two or more features)."""
+        if self.count < 2:
+            raise ValueError("a Frechet distance needs at least two samples per set")
+        mu = self.total / self.count
+        return mu, (self.outer - self.count * torch.outer(mu, mu)) / (self.count - 1)
+
+    def distance(self, other: FeatureStats) -> float:
+        """The Frechet distance between this set and ``other``."""
+        return frechet_distance_from_stats(*self.mean_cov(), *other.mean_cov())
 
 
 def _sqrt_psd(m: Tensor) -> Tensor:
@@ -108,6 +154,7 @@ class InceptionFID:
 
     def __init__(self, *, weights_path: str | Path | None = None, feature: int = 2048) -> None:
         path, reason = resolve_inception_weights(weights_path)
+        self.feature = feature
         self.metric = None
         self.status = MetricOutcome(None, reason)
         if path is None:
@@ -129,6 +176,19 @@ class InceptionFID:
     @property
     def available(self) -> bool:
         return self.metric is not None
+
+    @property
+    def dim(self) -> int:
+        """Feature width (``feature``: 2048 for FID's pool features)."""
+        return self.feature
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """Inception features [B, D] of uint8 images [B, 3, H, W], as the FID metric extracts
+        them (for :class:`FeatureStats` accumulated across processes)."""
+        if self.metric is None:
+            raise RuntimeError(self.status.reason)
+        return self.metric.inception(images.to(torch.uint8)).reshape(images.shape[0], -1)
 
     @torch.no_grad()
     def add_real(self, batches: Iterable[Tensor]) -> None:

@@ -37,7 +37,7 @@ from glide.data.shapes import (
     to_base_resolution,
 )
 
-__all__ = ["InpaintTask", "inpaint_scores", "make_inpaint_task"]
+__all__ = ["InpaintTask", "inpaint_counts", "inpaint_scores", "make_inpaint_task"]
 
 
 @dataclass(frozen=True)
@@ -110,19 +110,27 @@ def _found(image: Image.Image, target: ShapeObject) -> bool:
     )
 
 
+def inpaint_counts(
+    tasks: Sequence[InpaintTask], outputs: Sequence[Image.Image], *, tolerance: int = 8
+) -> list[tuple[bool, int, int]]:
+    """Per task: whether the asked object is there, kept pixels that stayed within ``tolerance``,
+    and kept pixels (counts add across processes)."""
+    if len(tasks) != len(outputs) or not tasks:
+        raise ValueError("need one output per inpainting task")
+    out = []
+    for task, image in zip(tasks, outputs, strict=True):
+        a = np.asarray(image.convert("RGB"), np.int16)
+        b = np.asarray(task.image, np.int16)
+        keep = task.mask[0].numpy() > 0.5
+        close = (np.abs(a - b).max(axis=2) <= tolerance) & keep
+        out.append((_found(image, task.target), int(close.sum()), int(keep.sum())))
+    return out
+
+
 def inpaint_scores(
     tasks: Sequence[InpaintTask], outputs: Sequence[Image.Image], *, tolerance: int = 8
 ) -> tuple[list[bool], float]:
     """Per task whether the asked object is there, and the preserved-pixel fraction overall."""
-    if len(tasks) != len(outputs) or not tasks:
-        raise ValueError("need one output per inpainting task")
-    found, kept, total = [], 0, 0
-    for task, out in zip(tasks, outputs, strict=True):
-        found.append(_found(out, task.target))
-        a = np.asarray(out.convert("RGB"), np.int16)
-        b = np.asarray(task.image, np.int16)
-        keep = task.mask[0].numpy() > 0.5
-        close = (np.abs(a - b).max(axis=2) <= tolerance) & keep
-        kept += int(close.sum())
-        total += int(keep.sum())
-    return found, kept / max(total, 1)
+    counts = inpaint_counts(tasks, outputs, tolerance=tolerance)
+    kept, total = sum(c[1] for c in counts), sum(c[2] for c in counts)
+    return [c[0] for c in counts], kept / max(total, 1)

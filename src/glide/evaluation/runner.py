@@ -44,17 +44,20 @@ from torch import Tensor
 from glide.config import to_dataclass
 from glide.data.oracle import parse_background
 from glide.data.shapes import to_base_resolution
+from glide.evaluation.cache import PointCache, config_key, model_digest
 from glide.evaluation.captions import (
     Verdict,
-    caption_accuracy,
+    accuracy_from_verdicts,
     is_builtin_caption,
     is_single_object,
+    judge,
     wilson_interval,
 )
 from glide.evaluation.clip_score import CLIPScorer, NoisedCLIPScorer, OpenCLIPScorer
 from glide.evaluation.coco import CaptionedImage, load_coco_captions
-from glide.evaluation.frechet import InceptionFID, frechet_distance
-from glide.evaluation.inpaint import InpaintTask, inpaint_scores, make_inpaint_task
+from glide.evaluation.distributed import World, chunks
+from glide.evaluation.frechet import FeatureStats, InceptionFID
+from glide.evaluation.inpaint import InpaintTask, inpaint_counts, make_inpaint_task
 from glide.models import NoisedCLIP
 from glide.sampling import (
     Cascade,
@@ -159,6 +162,7 @@ class EvaluateConfig:
     upsample_temperature: float = 0.997
     device: str = "cpu"
     progress: bool = True
+    cache_dir: str | None = ".glide-work/evaluate"  # finished images, for resuming; None: off
     fid: FIDConfig = field(default_factory=FIDConfig)
     clip_score: CLIPScoreConfig = field(default_factory=CLIPScoreConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -190,8 +194,8 @@ class PointResult:
 
     method: str  # "cfg", "clip" or "sampler"
     key: str  # the scale ("3") or the sampler label ("dpm++-15")
-    metrics: dict[str, float]
-    grid: Image.Image
+    metrics: dict[str, Any]
+    grid: Image.Image | None  # None on every rank but the first
 
 
 @dataclass
@@ -294,7 +298,14 @@ def _batches(x: Tensor, size: int) -> list[Tensor]:
 
 
 class Evaluator:
-    """Runs the sweeps and the sampler table for loaded models (no tracking inside)."""
+    """Runs the sweeps and the sampler table for loaded models (no tracking inside).
+
+    In a group of processes (``world``), every sweep point's captions are split in chunks of
+    ``batch_size`` over the ranks (:mod:`glide.evaluation.distributed`); feature statistics,
+    CLIP-score sums and oracle verdicts are combined across ranks, so every rank returns the
+    same metrics, and only the first rank builds grids. With ``cache_dir``, finished images are
+    kept per caption (:mod:`glide.evaluation.cache`) and a rerun generates only the rest.
+    """
 
     def __init__(
         self,
@@ -304,13 +315,17 @@ class Evaluator:
         upsampler: LoadedModel | None = None,
         clip: LoadedModel | None = None,
         inpaint: LoadedModel | None = None,
+        world: World | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.config = config
+        self.world = world or World(device=config.device)
         self.cascade = Cascade(base, upsampler=upsampler, clip=clip, device=config.device)
         self.clip = clip
-        self.log = log
+        self.log = log if self.world.is_main else (lambda _msg: None)
         self.unavailable: dict[str, str] = {}
+        self.images_generated = 0
+        self.images_cached = 0
         coco = load_coco_captions(config.captions, config.image_dir)
         items = coco.sample(config.num_captions, config.seed)
         if len(items) < 2:
@@ -335,12 +350,18 @@ class Evaluator:
         if self.builtin:
             seen = {parse_background(to_base_resolution(item.load())) for item in items}
             self.world_background = seen.pop() if len(seen) == 1 else None
+        self.digests = {
+            name: model_digest(m.model)
+            for name, m in (("base", base), ("upsampler", upsampler), ("clip", clip))
+            if m is not None
+        }
+        if inpaint is not None:
+            self.digests["inpaint"] = model_digest(inpaint.model)
 
         self.features: NoisedCLIPScorer | None = None
         self.scorer: CLIPScorer | None = None
         if clip is not None and isinstance(clip.model, NoisedCLIP):
             self.features = NoisedCLIPScorer(clip.model, clip.tokenizer, text_ctx=clip.text_ctx)
-            self.real_features = self._features(self.real)
         else:
             self.unavailable["fd_clip"] = "no noised CLIP model configured"
         cs = config.clip_score
@@ -362,11 +383,11 @@ class Evaluator:
             self.fid = InceptionFID(
                 weights_path=config.fid.weights_path, feature=config.fid.feature
             )
-            if self.fid.available:
-                self.fid.add_real(_batches(self.real, config.batch_size))
-            else:
+            if not self.fid.available:
                 self.unavailable["fid"] = self.fid.status.reason
                 self.log(f"evaluate: FID unavailable: {self.fid.status.reason}")
+                self.fid = None
+        self._real_stats: dict[int, dict[str, FeatureStats]] = {}
 
     def _generation(self, **overrides: Any) -> GenerationConfig:
         c = self.config
@@ -376,37 +397,229 @@ class Evaluator:
             upsample_temperature=c.upsample_temperature,
             batch_size=c.batch_size,
             seed=c.seed,
-            progress=c.progress,
+            progress=False,  # the point's own bar counts images (across ranks)
         )
         return dataclasses.replace(base, **overrides)
 
-    def _features(self, images: Tensor) -> Tensor:
-        assert self.features is not None
-        size = self.config.batch_size
-        return torch.cat([self.features.image_features(b) for b in _batches(images, size)])
+    # ------------------------------------------------------------------------ feature statistics
+    def _stats_of(self, chunk_images: Callable[[range], Tensor], n: int) -> dict[str, Any]:
+        """Feature sums of images ``0..n-1`` (this rank's chunks, then all-reduced):
+        ``{"fd_clip": FeatureStats, "fid": FeatureStats}`` for the extractors configured."""
+        extractors: dict[str, Callable[[Tensor], Tensor]] = {}
+        if self.features is not None:
+            extractors["fd_clip"] = self.features.image_features
+        if self.fid is not None and n == len(self.items):
+            extractors["fid"] = self.fid.features
+        stats: dict[str, FeatureStats] = {}
+        for number, indices in chunks(n, self.config.batch_size):
+            if not self.world.owns(number) or not extractors:
+                continue
+            images = chunk_images(indices)
+            for name, extract in extractors.items():
+                f = extract(images)
+                stats.setdefault(name, FeatureStats(f.shape[-1])).update(f)
+        return {name: self._reduced(stats.get(name), name) for name in extractors}
+
+    def _reduced(self, stats: FeatureStats | None, name: str) -> FeatureStats:
+        """All-reduce one statistic; a rank without chunks contributes zeros of the right width."""
+        dims = self.world.gather(None if stats is None else stats.total.numel())
+        dim = next(d for d in dims if d is not None)
+        local = stats if stats is not None else FeatureStats(dim)
+        return FeatureStats.from_tensor(self.world.all_reduce(local.as_tensor()), dim)
+
+    def real_stats(self, n: int) -> dict[str, FeatureStats]:
+        """Statistics of the first ``n`` real images at the metric resolution (cached per n)."""
+        if n not in self._real_stats:
+            self._real_stats[n] = self._stats_of(lambda idx: self.real[idx.start : idx.stop], n)
+        return self._real_stats[n]
+
+    # ---------------------------------------------------------------------------- sweep points
+    def _point_key(self, method: str, key: str, gen: GenerationConfig, n: int, k: int) -> str:
+        """What determines a point's images: any change gives a fresh cache folder."""
+        uses_up = gen.upsample or k > 0
+        precision = self.cascade.precision(gen.execution).name
+        return config_key(
+            {
+                "point": f"{method}:{key}",
+                "base": self.digests["base"],
+                "upsampler": self.digests.get("upsampler") if uses_up else None,
+                "clip": self.digests.get("clip") if gen.clip_guidance_scale else None,
+                "generation": dataclasses.asdict(dataclasses.replace(gen, progress=False)),
+                "upsample_first": k,
+                "n": n,
+                "captions": config_key({"captions": self.captions[:n]}),
+                "device": torch.device(self.config.device).type,
+                "precision": precision,
+            }
+        )
+
+    def _generate_chunks(
+        self,
+        label: str,
+        n: int,
+        key: str,
+        make: Callable[[range], dict[str, Tensor]],
+        enter: Callable[[], Any],
+    ) -> PointCache | None:
+        """Generate this rank's unfinished chunks of ``n`` images with ``make`` (inside the
+        context ``enter()``), keeping each finished chunk in the point's cache. Returns the cache
+        (``None`` without ``cache_dir``: then the images are only in :attr:`_memory`)."""
+        c, world = self.config, self.world
+        cache = PointCache(c.cache_dir, label, key) if c.cache_dir else None
+        if cache is not None and world.is_main:
+            cache.prune_other_keys()
+        world.barrier()  # no rank writes into a folder the first is still pruning
+        all_chunks = list(chunks(n, c.batch_size))
+        done = {num for num, _ in all_chunks if cache is not None and cache.done(num)}
+        cached = sum(len(idx) for num, idx in all_chunks if num in done)
+        todo = [(num, idx) for num, idx in all_chunks if world.owns(num) and num not in done]
+        if cached:
+            self.log(f"evaluate: {label}: {cached} of {n} images already finished ({cache.dir})")
+        self.images_cached += cached
+        bar = None
+        if c.progress and world.is_main and cached < n:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, initial=cached, desc=f"evaluate {label}", unit="img")
+        self._memory: dict[int, dict[str, Tensor]] = {}
+        self._seconds: dict[int, float] = {}
+        with enter():
+            for num, idx in todo:
+                start = time.perf_counter()
+                images = make(idx)
+                seconds = time.perf_counter() - start
+                self.images_generated += len(idx)
+                if cache is not None:
+                    cache.save_chunk(num, idx, images, seconds=seconds)
+                else:
+                    self._memory[num] = images
+                    self._seconds[num] = seconds
+                if bar is not None:  # images done across ranks, as the markers on disk say
+                    finished = sum(
+                        len(i) for m, i in all_chunks if cache is not None and cache.done(m)
+                    )
+                    bar.update(max(finished, bar.n + len(idx)) - bar.n)
+        if bar is not None:
+            bar.close()
+        return cache
+
+    def _chunk_images(self, cache: PointCache | None, idx: range, kind: str = "") -> Tensor:
+        number = idx.start // self.config.batch_size
+        if cache is not None:
+            return cache.load(idx, kind)
+        images = self._memory[number][kind]
+        return images[: len(idx)]
+
+    def _chunk_seconds(self, cache: PointCache | None, n: int) -> float:
+        """Generation seconds of this rank's chunks (as recorded when each was made)."""
+        total = 0.0
+        for number, _ in chunks(n, self.config.batch_size):
+            if self.world.owns(number):
+                total += cache.seconds(number) if cache is not None else self._seconds[number]
+        return total
+
+    def run_point(self, method: str, key: str, gen: GenerationConfig, n: int) -> PointResult:
+        """Generate one image for each of the first ``n`` captions and measure them."""
+        c = self.config
+        captions = self.captions[:n]
+        full = gen.upsample  # a recipe row: the whole cascade, measured on its final images
+        wanted = not c.upsample_at or f"{method}:{key}" in c.upsample_at
+        k = 0
+        if not full and self.upsample_count and method != "sampler":
+            k = min(self.upsample_count, n) if wanted or self.upsample_count >= n else 0
+        label = f"{method}_{key}"
+
+        def make(idx: range) -> dict[str, Tensor]:
+            keys = [(i, 0) for i in idx]
+            prompts = [captions[i] for i in idx]
+            first = len(idx) if full else max(0, min(k - idx.start, len(idx)))
+            low, high = self.cascade.generate_batch(prompts, gen, keys=keys, upsample_first=first)
+            if full:
+                assert high is not None
+                return {"": high}
+            return {"": low, "up": high} if high is not None else {"": low}
+
+        cache = self._generate_chunks(
+            label,
+            n,
+            self._point_key(method, key, gen, n, k),
+            make,
+            lambda: self.cascade.running(gen),
+        )
+        metric_from_up = not full and k == n
+
+        def metric_images(idx: range) -> Tensor:
+            images = self._chunk_images(cache, idx, "up" if metric_from_up else "")
+            return _resize_uint8(images, self.metric_size)
+
+        metrics, verdicts = self.measure(metric_images, captions, n)
+        seconds = float(self.world.all_reduce(torch.tensor([self._chunk_seconds(cache, n)]))[0])
+        metrics["seconds_per_image"] = seconds / n
+        grid = None
+        grid_kind = "up" if k else ""
+        tiles = self._gathered_images(cache, min(c.sweep.grid_images, k or n), grid_kind)
+        if self.world.is_main:
+            grid = self.grid(tiles, captions, verdicts)
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+        self.log(f"evaluate: {method} {key}: {summary}")
+        return PointResult(method=method, key=key, metrics=metrics, grid=grid)
+
+    def _gathered_images(self, cache: PointCache | None, count: int, kind: str = "") -> Tensor:
+        """Images ``0..count-1`` of a point, gathered from the ranks that made them."""
+        mine: dict[int, Tensor] = {}
+        for number, idx in chunks(count, self.config.batch_size):
+            if self.world.owns(number):
+                for i, image in zip(idx, self._chunk_images(cache, idx, kind), strict=True):
+                    mine[i] = image
+        merged: dict[int, Tensor] = {}
+        for part in self.world.gather(mine):
+            merged.update(part)
+        return torch.stack([merged[i] for i in range(count)])
 
     def measure(
-        self, images: Tensor, captions: Sequence[str], real: Tensor
+        self, chunk_images: Callable[[range], Tensor], captions: Sequence[str], n: int
     ) -> tuple[dict[str, Any], list[Verdict]]:
-        """Metrics of uint8 images [N, 3, H, W] against their captions and real images, and the
-        oracle's verdict per image (empty outside the built-in set)."""
+        """Metrics of the uint8 images [N, 3, H, W] that ``chunk_images(indices)`` returns for this
+        rank's chunks of the first ``n`` captions, combined across ranks; every image's oracle
+        verdict in caption order (empty outside the built-in set)."""
         metrics: dict[str, Any] = {}
-        verdicts: list[Verdict] = []
-        if self.features is not None:
-            fake_f = self._features(images)
-            real_f = self.real_features if real is self.real else self._features(real)
-            metrics["fd_clip"] = frechet_distance(real_f, fake_f)
+        clip_sum, mine = 0.0, []
+        loaded: dict[int, Tensor] = {}
+
+        def images_of(idx: range) -> Tensor:
+            if idx.start not in loaded:
+                loaded.clear()  # one chunk at a time: a 30k-image point never sits in memory
+                loaded[idx.start] = chunk_images(idx)
+            return loaded[idx.start]
+
+        fake = self._stats_of(images_of, n)
+        for number, idx in chunks(n, self.config.batch_size):
+            if not self.world.owns(number):
+                continue
+            images = images_of(idx)
+            texts = [captions[i] for i in idx]
+            if self.scorer is not None:
+                clip_sum += float(self.scorer.scores(images, texts).double().sum())
+            if self.builtin:
+                pil = to_pil(images)
+                mine += [
+                    (i, judge(img, text, world_background=self.world_background))
+                    for i, img, text in zip(idx, pil, texts, strict=True)
+                ]
+        real = self.real_stats(n)
+        if "fd_clip" in fake:
+            metrics["fd_clip"] = real["fd_clip"].distance(fake["fd_clip"])
         if self.scorer is not None:
-            scores = self.scorer.scores(images, captions, batch_size=self.config.batch_size)
-            metrics["clip_score"] = float(scores.mean())
-        if self.fid is not None and self.fid.available and real is self.real:
-            outcome = self.fid.score(_batches(images, self.config.batch_size))
-            if outcome.value is not None:
-                metrics["fid"] = outcome.value
+            total = self.world.all_reduce(torch.tensor([clip_sum], dtype=torch.float64))
+            metrics["clip_score"] = float(total[0]) / n
+        if "fid" in fake:
+            metrics["fid"] = real["fid"].distance(fake["fid"])
+        verdicts: list[Verdict] = []
         if self.builtin:
-            acc = caption_accuracy(to_pil(images), captions, world_background=self.world_background)
+            ordered = sorted(pair for part in self.world.gather(mine) for pair in part)
+            verdicts = [v for _, v in ordered]
+            acc = accuracy_from_verdicts(verdicts)
             metrics.update(acc.as_dict())
-            verdicts = list(acc.verdicts)
         return metrics, verdicts
 
     def grid(self, images: Tensor, captions: Sequence[str], verdicts: Sequence[Verdict]) -> Any:
@@ -416,35 +629,6 @@ class Evaluator:
         if not verdicts:
             return labelled_grid(pil, list(captions[:k]))
         return labelled_grid(pil, list(captions[:k]), verdicts=[v.label for v in verdicts[:k]])
-
-    def run_point(self, method: str, key: str, gen: GenerationConfig, n: int) -> PointResult:
-        """Generate ``n`` images for the first ``n`` captions and measure them."""
-        captions = self.captions[:n]
-        start = time.perf_counter()
-        out = self.cascade.generate(captions, gen)
-        seconds = (time.perf_counter() - start) / n
-        metric_images = _resize_uint8(out.final if gen.upsample else out.base, self.metric_size)
-        finals = out.final
-        wanted = not self.config.upsample_at or f"{method}:{key}" in self.config.upsample_at
-        if self.upsample_count and method != "sampler" and (wanted or self.upsample_count == n):
-            count = min(self.upsample_count, n)
-            up = self.cascade.generate(
-                captions[:count], dataclasses.replace(gen, upsample=True)
-            ).final
-            finals = up
-            if count == n:
-                metric_images = up
-        real = (
-            self.real
-            if n == len(self.items)
-            else _resize_uint8(self.real[:n], metric_images.shape[-1])
-        )
-        metrics, verdicts = self.measure(metric_images, captions, real)
-        metrics["seconds_per_image"] = seconds
-        grid = self.grid(finals, captions, verdicts)
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-        self.log(f"evaluate: {method} {key}: {summary}")
-        return PointResult(method=method, key=key, metrics=metrics, grid=grid)
 
     def run_inpaint(self) -> PointResult | None:
         """Replace one object per val scene with the inpainting model and score the edits."""
@@ -466,34 +650,66 @@ class Evaluator:
         if not tasks:
             self.unavailable["inpaint"] = "the oracle found no object to replace in the val images"
             return None
-        image = torch.cat([_pil_tensor(t.image) for t in tasks])
-        mask = torch.stack([t.mask for t in tasks])
-        inputs = InpaintInputs(image, mask, image, mask)
+        n = len(tasks)
         gen = self._generation(guidance_scale=c.guidance_scale, sampler=parse_sampler(c.sampler))
-        start = time.perf_counter()
-        out = Cascade(model, device=self.config.device).generate(
-            [t.caption for t in tasks], gen, inpaint=inputs
+        cascade = Cascade(model, device=self.config.device)
+
+        def make(idx: range) -> dict[str, Tensor]:
+            chunk = [tasks[i] for i in idx]
+            image = torch.cat([_pil_tensor(t.image) for t in chunk])
+            mask = torch.stack([t.mask for t in chunk])
+            low, _ = cascade.generate_batch(
+                [t.caption for t in chunk],
+                gen,
+                keys=[(i, 0) for i in idx],
+                inpaint=InpaintInputs(image, mask, image, mask),
+            )
+            return {"": low}
+
+        key = config_key(
+            {
+                "inpaint": self.digests["inpaint"],
+                "generation": dataclasses.asdict(gen),
+                "tasks": config_key({"tasks": [(t.caption, t.label) for t in tasks]}),
+                "device": torch.device(self.config.device).type,
+                "precision": cascade.precision(gen.execution).name,
+            }
         )
-        seconds = (time.perf_counter() - start) / len(tasks)
-        images = to_pil(out.base)
-        found, preserved = inpaint_scores(tasks, images, tolerance=c.tolerance)
-        hits, n = sum(found), len(found)
+        cache = self._generate_chunks("inpaint", n, key, make, lambda: cascade.running(gen))
+        mine = []
+        for number, idx in chunks(n, self.config.batch_size):
+            if self.world.owns(number):
+                outputs = to_pil(self._chunk_images(cache, idx))
+                counts = inpaint_counts([tasks[i] for i in idx], outputs, tolerance=c.tolerance)
+                mine += list(zip(idx, counts, strict=True))
+        counts = [cnt for _, cnt in sorted(p for part in self.world.gather(mine) for p in part)]
+        found = [f for f, _, _ in counts]
+        preserved = sum(k for _, k, _ in counts) / max(sum(t for _, _, t in counts), 1)
+        seconds = float(self.world.all_reduce(torch.tensor([self._chunk_seconds(cache, n)]))[0])
+        hits = sum(found)
         metrics: dict[str, Any] = {
             "inpaint_accuracy": hits / n,
             "inpaint_accuracy_ci95": list(wilson_interval(hits, n)),
             "inpaint_preserved": preserved,
             "n": n,
-            "seconds_per_image": seconds,
+            "seconds_per_image": seconds / n,
         }
         k = min(c.grid_images, n)
-        known = [
-            Image.fromarray((np.asarray(t.image) * t.mask[0].numpy()[..., None]).astype(np.uint8))
-            for t in tasks[:k]
-        ]
-        tiles = [im for pair in zip(known, images[:k], strict=True) for im in pair]
-        labels = [text for t in tasks[:k] for text in (f"asked: {t.label}", t.caption)]
-        verdicts = [v for ok in found[:k] for v in ("known pixels", "ok" if ok else "x missing")]
-        grid = labelled_grid(tiles, labels, verdicts=verdicts, cols=min(8, len(tiles)))
+        images = to_pil(self._gathered_images(cache, k))
+        grid = None
+        if self.world.is_main:
+            known = [
+                Image.fromarray(
+                    (np.asarray(t.image) * t.mask[0].numpy()[..., None]).astype(np.uint8)
+                )
+                for t in tasks[:k]
+            ]
+            tiles = [im for pair in zip(known, images, strict=True) for im in pair]
+            labels = [text for t in tasks[:k] for text in (f"asked: {t.label}", t.caption)]
+            verdicts = [
+                v for ok in found[:k] for v in ("known pixels", "ok" if ok else "x missing")
+            ]
+            grid = labelled_grid(tiles, labels, verdicts=verdicts, cols=min(8, len(tiles)))
         self.log(
             f"evaluate: inpaint: accuracy={hits / n:.3f} ({hits}/{n}), preserved={preserved:.4f}"
         )
@@ -576,8 +792,12 @@ class Evaluator:
             )
             points.append(self.run_point("sampler", f"recipe:{name}", gen, m))
         inpaint_point = self.run_inpaint()
-        retrieval = self.run_clip_retrieval()
+        retrieval = self.run_clip_retrieval() if self.world.is_main else {}
+        made = self.world.all_reduce(torch.tensor([self.images_generated], dtype=torch.float64))
         info = {
+            "processes": self.world.size,
+            "images_generated": int(made[0]),  # this run; the rest came from the cache
+            "images_cached": self.images_cached,
             "num_captions": n,
             "world_background": self.world_background,
             "metric_resolution": self.metric_size,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from glide.diffusion import inpaint_denoised_fn
+from glide.diffusion import ImageGenerators, NoiseGenerator, image_seed, inpaint_denoised_fn
 from glide.diffusion.gaussian_diffusion import CondFn, DenoisedFn, Model
 from glide.guidance import ClassifierFreeGuidance, CLIPGuidance, classifier_free_batch
 from glide.models import NoisedCLIP, Text2ImUNet
@@ -197,7 +197,7 @@ class Stage:
     def sample(
         self,
         *,
-        generator: torch.Generator | None = None,
+        generator: NoiseGenerator | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> Tensor:
@@ -398,7 +398,7 @@ class Cascade:
         prompts: Sequence[str],
         config: GenerationConfig,
         *,
-        generator: torch.Generator | None = None,
+        generator: NoiseGenerator | None = None,
         inpaint: InpaintInputs | None = None,
     ) -> Tensor:
         """One batch of base samples in [-1, 1], [len(prompts), 3, s, s]."""
@@ -412,7 +412,7 @@ class Cascade:
         prompts: Sequence[str],
         config: GenerationConfig,
         *,
-        generator: torch.Generator | None = None,
+        generator: NoiseGenerator | None = None,
         inpaint: InpaintInputs | None = None,
     ) -> Tensor:
         """Upsample base samples [B, 3, s, s] in [-1, 1] to [B, 3, S, S].
@@ -423,31 +423,75 @@ class Cascade:
         stage = self.upsample_stage(low_res, prompts, config, inpaint=inpaint)
         return stage.sample(generator=generator, device=self.device, progress=config.progress)
 
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        *,
+        keys: Sequence[tuple[int, int]],
+        inpaint: InpaintInputs | None = None,
+        upsample_first: int | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """One batch, inside :meth:`running`: uint8 base samples [B, 3, s, s] and the first
+        ``upsample_first`` of them upsampled (default: all when ``config.upsample``, else none).
+
+        Image ``i`` draws its noise from its own generator, seeded with
+        ``image_seed(config.seed, *keys[i])`` (``keys``: (caption index, image index) per prompt),
+        and its upsampler noise from the same generator after the base's.
+        """
+        if len(keys) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
+        if upsample_first is None:
+            upsample_first = len(prompts) if config.upsample else 0
+        if upsample_first and self.upsampler is None:
+            raise ValueError("the full cascade needs an upsampler; pass one or sample base-only")
+        noise = ImageGenerators.seeded([image_seed(config.seed, c, i) for c, i in keys])
+        low = self.sample_base(prompts, config, generator=noise, inpaint=inpaint)
+        if not upsample_first:
+            return to_uint8(low).cpu(), None
+        k = min(upsample_first, len(prompts))
+        rows = inpaint.rows(0, k) if inpaint is not None else None
+        high = self.upsample(
+            low[:k],
+            list(prompts[:k]),
+            config,
+            generator=ImageGenerators(noise.generators[:k]),
+            inpaint=rows,
+        )
+        return to_uint8(low).cpu(), to_uint8(high).cpu()
+
     def generate(
         self,
         prompts: Sequence[str],
         config: GenerationConfig,
         *,
         inpaint: InpaintInputs | None = None,
+        keys: Sequence[tuple[int, int]] | None = None,
     ) -> CascadeOutput:
-        """Sample every prompt in batches of ``config.batch_size`` (one seeded generator)."""
+        """Sample every prompt in batches of ``config.batch_size``.
+
+        Each image has its own noise generator (:meth:`generate_batch`), keyed by ``keys`` (default
+        ``(i, 0)`` for prompt ``i``): an image's noise is the same in any batch and any process.
+        Batched kernels still round differently from unbatched ones, so images agree across batch
+        sizes to float round-off, and bit for bit for the same batches.
+        """
         if not prompts:
             raise ValueError("no prompts to sample")
-        upsample = config.upsample and self.upsampler is not None
         if config.upsample and self.upsampler is None:
             raise ValueError("the full cascade needs an upsampler; pass one or sample base-only")
-        generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        bases, finals = [], []
         if inpaint is not None and inpaint.image_lr.shape[0] not in (1, len(prompts)):
             raise ValueError("inpainting inputs need one row, or one row per prompt")
+        keys = list(keys) if keys is not None else [(i, 0) for i in range(len(prompts))]
+        bases, finals = [], []
         with self.running(config):
             for start in range(0, len(prompts), config.batch_size):
-                chunk = list(prompts[start : start + config.batch_size])
-                rows = inpaint.rows(start, start + len(chunk)) if inpaint is not None else None
-                low = self.sample_base(chunk, config, generator=generator, inpaint=rows)
-                bases.append(to_uint8(low).cpu())
-                if upsample:
-                    high = self.upsample(low, chunk, config, generator=generator, inpaint=rows)
-                    finals.append(to_uint8(high).cpu())
+                stop = min(start + config.batch_size, len(prompts))
+                rows = inpaint.rows(start, stop) if inpaint is not None else None
+                low, high = self.generate_batch(
+                    prompts[start:stop], config, keys=keys[start:stop], inpaint=rows
+                )
+                bases.append(low)
+                if high is not None:
+                    finals.append(high)
         base = torch.cat(bases)
         return CascadeOutput(base=base, final=torch.cat(finals) if finals else base)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from glide.diffusion import (
     GaussianDiffusion,
+    NoiseGenerator,
     create_gaussian_diffusion,
     dpm_solver_pp_2m_sample,
     space_timesteps,
@@ -120,7 +121,7 @@ def run_sampler(
     cond_fn: CondFn | None = None,
     denoised_fn: DenoisedFn | None = None,
     noise_temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> Tensor:
