@@ -73,6 +73,7 @@ def main() -> None:
     cfg = compose("config", _stage_overrides(args.overrides))
     raw = dict(cfg["evaluate"])
     raw.update(num_captions=args.num_images, min_single_object=args.num_images, inpaint=None)
+    raw["cache_dir"] = None  # time every image: no images reused from an earlier run
     table = recipes(
         [s for s in args.base_samplers.split(",") if s],
         [s for s in args.upsamplers.split(",") if s],

@@ -71,7 +71,8 @@ def export_checkpoint(cfg: TrainConfig, ckpt: Path, out_dir: Path) -> Path:
 
 def score(stage: str, model: Path, raw: dict[str, Any], seed: int, models: Path) -> dict:
     """The stage's measure for one exported model."""
-    config = EvaluateConfig.from_dict({**raw, "seed": seed})
+    # cache_dir off: each checkpoint is scored on fresh images, timed as it runs
+    config = EvaluateConfig.from_dict({**raw, "seed": seed, "cache_dir": None})
     load = {"tokenizer_path": raw.get("tokenizer_path")}
     base = load_model_source(model if stage == "base" else models / "base", **load)
     kwargs: dict[str, Any] = {"log": lambda _: None}

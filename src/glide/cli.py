@@ -5,6 +5,8 @@
     glide sample --prompt "a red circle" --out red.png --sampler dpm++ --steps 20 --base-only
     glide sample --prompt "..." --base models:/glide-base@champion --out out.png
     glide sample --prompts-file captions.txt --out samples/        # line-0001.png, line-0001_000.png
+    glide sample --prompts-file captions.json --out coco/ --num-shards 4 --shard-index 0
+    torchrun --nproc-per-node 4 -m glide.cli sample --prompts-file captions.json --out coco/
     glide inpaint --image in.png --mask mask.png --prompt "a blue star" --out painted.png
 
 Each subcommand is a ``(name, help, add_arguments, run)`` entry: :data:`COMMANDS` here, plus
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from glide.precision import Precision
-    from glide.sampling import GenerationConfig, Recipe, SamplerSpec
+    from glide.sampling import GenerationConfig, LoadedModel, Recipe, SamplerSpec
     from glide.sampling.prompts import PromptEntry
 
 __all__ = ["COMMANDS", "all_commands", "build_parser", "main"]
@@ -107,8 +110,36 @@ def _add_sampling_options(
         help="auto: bf16 where timing the models here shows it faster, else fp32 (cached in "
         "~/.cache/glide/precision.json); default: the recipe's",
     )
-    g.add_argument("--batch-size", type=int, default=8, help="images per forward batch (8)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images per forward batch, across captions (8); each image keeps its own noise",
+    )
+    if prompts_file:
+        g.add_argument(
+            "--num-shards",
+            type=int,
+            default=_env_int("WORLD_SIZE", 1),
+            help="split the batches over this many processes (default: $WORLD_SIZE or 1)",
+        )
+        g.add_argument(
+            "--shard-index",
+            type=int,
+            default=_env_int("RANK", 0),
+            help="this process's shard (default: $RANK or 0; torchrun sets both)",
+        )
+        g.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="draw images again even when a PNG with the same settings is on disk",
+        )
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else default
 
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
@@ -172,18 +203,13 @@ def _load(source: str, args: argparse.Namespace, what: str) -> object:
 
 
 def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
-    from glide.sampling import (
-        Cascade,
-        GenerationConfig,
-        InpaintInputs,
-        LoadedModel,
-        get_recipe,
-        save_samples,
-        to_pil,
-    )
+    from glide.sampling import Cascade, GenerationConfig, InpaintInputs, LoadedModel, get_recipe
+    from glide.sampling.bulk import Caption, sample_captions
 
     if args.num_images < 1:
         raise CLIError("--num-images must be >= 1")
+    if args.device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     recipe = get_recipe(args.recipe)
     clip_scale = float(getattr(args, "clip_guidance_scale", 0.0))
     sampler, up_sampler = _samplers(args, recipe, clip=bool(clip_scale))
@@ -258,16 +284,63 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
     }
     if inpaint:
         metadata.update(source_image=str(args.image), mask=str(args.mask))
-    for entry in prompts:  # the models are loaded once for every caption
-        try:
-            out = cascade.generate([entry.caption] * args.num_images, config, inpaint=inputs)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        target = Path(args.out) / f"{entry.stem}.png" if entry.stem else args.out
-        info = {"prompt": entry.caption, **metadata, **entry.provenance}
-        grid, paths = save_samples(to_pil(out.final), target, info)
-        print(f"wrote {grid} and {len(paths)} image(s) beside it")
+    nets = [m for m in (base, upsampler, clip) if isinstance(m, LoadedModel)]
+    settings = _settings_digest(metadata, config, nets)
+    captions = [
+        Caption(
+            text=entry.caption,
+            number=entry.number,
+            out=Path(args.out) / f"{entry.stem}.png" if entry.stem else Path(args.out),
+            metadata={
+                "prompt": entry.caption,
+                **metadata,
+                **entry.provenance,
+                "settings": settings,
+            },
+        )
+        for entry in prompts
+    ]
+    shards = getattr(args, "num_shards", 1), getattr(args, "shard_index", 0)
+    try:
+        report = sample_captions(
+            cascade,
+            config,
+            captions,
+            num_images=args.num_images,
+            num_shards=shards[0],
+            shard_index=shards[1],
+            overwrite=getattr(args, "overwrite", False) or args.prompt is not None,
+            inpaint=inputs,
+            progress=config.progress and getattr(args, "prompts_file", None) is not None,
+            log=lambda msg: print(f"glide {args.command}: {msg}", file=sys.stderr),
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    for grid in report.grids:
+        print(f"wrote {grid} and {args.num_images} image(s) beside it")
+    if shards[0] > 1:
+        print(
+            f"shard {shards[1]}/{shards[0]}: wrote {report.written} image(s), "
+            f"{report.skipped} already on disk"
+        )
     return 0
+
+
+def _settings_digest(
+    metadata: dict[str, object], config: GenerationConfig, nets: list[LoadedModel]
+) -> str:
+    """What determines a drawn image besides its caption, as 16 hex digits (PNG ``settings``):
+    the settings, the batch size (batched kernels round differently) and the weights."""
+    import hashlib
+    import json
+
+    from glide.models.export import model_digest
+
+    fields = {**metadata, "generation": dataclasses.asdict(config)}
+    fields["weights"] = [model_digest(m.model) for m in nets]
+    fields["generation"].pop("progress")
+    text = json.dumps(fields, sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _samplers(

@@ -21,21 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from glide.io import atomic_path, atomic_write_text
+from glide.models.export import model_digest
 
 __all__ = ["PointCache", "config_key", "model_digest"]
-
-
-def model_digest(model: nn.Module) -> str:
-    """A digest of a network's parameters and buffers (names, dtypes, shapes and bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def config_key(fields: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ same folder, fsync, ``os.replace``): a reader never sees a half-written model.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,3 +151,14 @@ def load_model(
     model = build_model(payload["kind"], payload["options"])
     model.load_state_dict(state, strict=True)
     return model.eval(), payload
+
+
+def model_digest(model: nn.Module) -> str:
+    """A digest of a network's parameters and buffers (names, dtypes, shapes and bytes): the
+    same weights give the same digest whatever file or registry they were loaded from."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -30,6 +30,7 @@ class PromptEntry:
     stem: str  # e.g. "line-0003" -> line-0003.png (grid), line-0003_000.png, ...
     caption: str
     provenance: Mapping[str, str] = field(default_factory=dict)  # extra PNG text chunks
+    number: int = 0  # line number or annotation position: the caption index of its seeds
 
 
 def _width(count: int) -> int:
@@ -44,6 +45,7 @@ def _from_lines(path: Path, text: str) -> list[PromptEntry]:
             f"line-{number:0{width}d}",
             line.strip(),
             {"prompts_file": str(path), "line": str(number)},
+            number,
         )
         for number, line in enumerate(lines, start=1)
         if line.strip()
@@ -71,7 +73,8 @@ def _from_coco(path: Path, text: str) -> tuple[list[PromptEntry], int]:
         for key in ("id", "image_id"):
             if ann.get(key) is not None:
                 provenance["annotation_id" if key == "id" else key] = str(ann[key])
-        entries.append(PromptEntry(f"ann-{position:0{width}d}", caption.strip(), provenance))
+        stem = f"ann-{position:0{width}d}"
+        entries.append(PromptEntry(stem, caption.strip(), provenance, position))
     return entries, skipped
 
 
