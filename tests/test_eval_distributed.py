@@ -215,3 +215,43 @@ def test_kill_9_of_one_rank_then_rerun_finishes_with_the_same_metrics(
     _assert_same_metrics(metrics, ref)
     ours, theirs = _pngs(tmp_path), _pngs(ref_root)
     assert set(ours) == set(theirs) and all(ours[p] == theirs[p] for p in ours)
+
+
+_SLURM_RANK = """
+import torch
+from glide.evaluation.distributed import init_world, shutdown_world
+world = init_world("cpu")
+total = world.all_reduce(torch.tensor([float(world.rank + 1)], dtype=torch.float64))
+print(world.rank, world.size, world.local_rank, float(total[0]), world.gather(world.rank))
+shutdown_world(world)
+"""
+
+
+def test_srun_environment_forms_the_group_without_torchrun(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_", "LOCAL_"))}
+    base.update(SLURM_NTASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SLURM_RANK],
+            env={**base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert [o.strip() for o, _ in outs] == ["0 2 0 3.0 [0, 1]", "1 2 1 3.0 [0, 1]"]
+    # without the rendezvous address: one line saying what to export
+    env = {**base, "SLURM_PROCID": "0"}
+    del env["MASTER_ADDR"]
+    failed = subprocess.run(
+        [sys.executable, "-c", _SLURM_RANK], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode != 0 and "MASTER_ADDR not set" in failed.stderr
