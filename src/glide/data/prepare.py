@@ -3,7 +3,10 @@
 ``run_part`` processes one contiguous slice of the source's tasks (``part_index`` of
 ``num_parts``), so a cluster launcher can run parts side by side; ``merge_parts`` then combines
 their statistics and COCO exports. A single-machine run is one part followed by the merge.
-Deduplication is within a part (a part is a contiguous slice, so nearby duplicates stay together).
+Deduplication runs within a part (a part is a contiguous slice, so nearby duplicates stay
+together); with several parts the merge also compares the hashes each part keeps and reports the
+duplicates across parts, and removes them with ``drop_cross_part_duplicates``
+(:mod:`glide.data.part_dedup`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,13 @@ from tqdm import tqdm
 
 from glide.data.dedup import NearDupIndex
 from glide.data.filters import Checked, FilterConfig, RecordFilter
+from glide.data.part_dedup import (
+    HashRecorder,
+    find_cross_part_duplicates,
+    load_hashes,
+    read_removed,
+    remove_keys,
+)
 from glide.data.records import CONVERT_KINDS, DROP_KINDS
 from glide.data.shards import CocoExporter, Sample, ShardWriter, split_of, write_json
 from glide.data.sources import Source
@@ -46,6 +56,9 @@ class PrepareConfig:
     num_parts: int = 1
     part_index: int = 0
     progress: bool = True
+    # Merge only: remove the duplicates found across parts from the shards and the COCO export
+    # (they are always counted and listed).
+    drop_cross_part_duplicates: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.part_index < self.num_parts:
@@ -100,6 +113,11 @@ def _clear_part_outputs(cfg: PrepareConfig) -> None:
     for split in SPLITS:
         for p in (Path(cfg.shards_dir) / split).glob(f"{prefix}*.tar*"):
             p.unlink()
+    # Until it finishes, the part is unfinished for the merge; re-run, it brings back any
+    # samples an earlier merge removed from it.
+    _part_stats_path(cfg).unlink(missing_ok=True)
+    _hashes_path(cfg).unlink(missing_ok=True)
+    _removed_path(cfg).unlink(missing_ok=True)
 
 
 def run_part(
@@ -127,6 +145,9 @@ def run_part(
         for s in SPLITS
     }
     coco = CocoExporter(Path(cfg.eval_dir))
+    # One part of several keeps its hashes for the merge's cross-part check (a single part has
+    # nothing to compare with, and its outputs stay as they were).
+    hashes = HashRecorder() if cfg.num_parts > 1 else None
     bar = tqdm(
         total=len(tasks),
         desc=f"prepare part {cfg.part_index}/{cfg.num_parts}",
@@ -163,6 +184,8 @@ def run_part(
         writers[split].write(sample)
         if split == "val":
             coco.add(sample, rec.width, rec.height)
+        if hashes is not None:
+            hashes.add(rec.key, split, rec.defect, rec.digest, rec.phash, rec.thumb)
     bar.close()
     shards = {s: {p.name: None for p in w.close()} for s, w in writers.items()}
     counts = {
@@ -180,8 +203,11 @@ def run_part(
         counts["confusion"] = {k: dict(sorted(v.items())) for k, v in sorted(confusion.items())}
     part_doc = coco.document()
     # The part file is a DVC output: no wall-clock time in it, or re-runs would differ.
-    write_json(_part_stats_path(cfg), counts)
+    if hashes is not None:
+        hashes.save(_hashes_path(cfg))
     write_json(Path(cfg.eval_dir) / "parts" / f"part-{cfg.part_index:03d}.json", part_doc)
+    # Last: the stats file is what marks the part finished for the merge.
+    write_json(_part_stats_path(cfg), counts)
     return {**counts, "seconds": time.perf_counter() - start}
 
 
@@ -202,11 +228,24 @@ def _part_stats_path(cfg: PrepareConfig, part: int | None = None) -> Path:
     return Path(cfg.shards_dir) / "stats" / f"part-{index:03d}.json"
 
 
-def merge_parts(cfg: PrepareConfig, *, seconds: float | None = None) -> dict[str, Any]:
-    """Combine every part's counts and COCO export; return the stage's metrics document.
+def _hashes_path(cfg: PrepareConfig, part: int | None = None) -> Path:
+    index = cfg.part_index if part is None else part
+    return Path(cfg.shards_dir) / "stats" / f"part-{index:03d}.hashes.npy"
 
-    ``seconds`` (the wall time of a single-machine run) adds a throughput figure.
-    """
+
+def _removed_path(cfg: PrepareConfig, part: int | None = None) -> Path:
+    index = cfg.part_index if part is None else part
+    return Path(cfg.shards_dir) / "stats" / f"part-{index:03d}.removed.json"
+
+
+def cross_part_report_path(cfg: PrepareConfig) -> Path:
+    """Where a merge of several parts lists the duplicates it found across them."""
+    return Path(cfg.shards_dir) / "stats" / "cross_part_duplicates.json"
+
+
+def check_parts(cfg: PrepareConfig) -> list[dict[str, Any]]:
+    """Every part's counts, once each has finished as part of this cut into ``cfg.num_parts``
+    (and, with several parts, kept its hashes); else an error naming the part to run again."""
     parts = []
     for i in range(cfg.num_parts):
         path = _part_stats_path(cfg, i)
@@ -215,7 +254,34 @@ def merge_parts(cfg: PrepareConfig, *, seconds: float | None = None) -> dict[str
                 f"part {i} of {cfg.num_parts} has not finished: {path} is missing "
                 f"(run the stage with prepare.part_index={i})"
             )
-        parts.append(json.loads(path.read_text()))
+        part = json.loads(path.read_text())
+        if part["num_parts"] != cfg.num_parts:  # a leftover of a run cut into other parts
+            raise ValueError(
+                f"part {i} of {cfg.num_parts} was run with num_parts={part['num_parts']} "
+                f"({path}): run the stage again with prepare.part_index={i}"
+            )
+        hashes = _hashes_path(cfg, i)
+        if cfg.num_parts > 1 and not hashes.is_file():
+            raise FileNotFoundError(
+                f"part {i} of {cfg.num_parts} has no hashes for the cross-part duplicate "
+                f"check: {hashes} is missing (run the stage again with prepare.part_index={i})"
+            )
+        parts.append(part)
+    return parts
+
+
+def merge_parts(
+    cfg: PrepareConfig, *, seconds: float | None = None, filters: FilterConfig | None = None
+) -> dict[str, Any]:
+    """Combine every part's counts and COCO export; return the stage's metrics document.
+
+    ``seconds`` (the wall time of a single-machine run) adds a throughput figure. With several
+    parts, their kept records are compared across parts with the dedup settings of ``filters``
+    (default: :class:`FilterConfig`'s); the duplicates are counted under
+    ``cross_part_duplicates``, listed in :func:`cross_part_report_path`, and with
+    ``cfg.drop_cross_part_duplicates`` removed from the shards and the COCO export.
+    """
+    parts = check_parts(cfg)
     dropped: Counter[str] = Counter()
     converted: Counter[str] = Counter()
     confusion: dict[str, Counter[str]] = {}
@@ -224,23 +290,75 @@ def merge_parts(cfg: PrepareConfig, *, seconds: float | None = None) -> dict[str
         converted.update(p["converted"])
         for kind, outcomes in p.get("confusion", {}).items():
             confusion.setdefault(kind, Counter()).update(outcomes)
+    cross, removed = _cross_part_duplicates(cfg, parts, filters or FilterConfig())
+    splits = {s: sum(p["splits"][s] for p in parts) for s in SPLITS}
+    for entry in removed:  # removed duplicates count as dropped, under their dedup reason
+        splits[entry["split"]] -= 1
+        dropped[entry["reason"]] += 1
+        if confusion:
+            outcomes = confusion[entry["defect"] or "clean"]
+            outcomes["kept"] -= 1
+            outcomes[entry["reason"]] += 1
     total = sum(p["total"] for p in parts)
     stats: dict[str, Any] = {
         "total": total,
-        "kept": sum(p["kept"] for p in parts),
+        "kept": sum(p["kept"] for p in parts) - len(removed),
         "dropped": dict(sorted(dropped.items())),
-        "splits": {s: sum(p["splits"][s] for p in parts) for s in SPLITS},
+        "splits": splits,
         "converted": dict(sorted(converted.items())),
         "num_parts": cfg.num_parts,
         "shards": {s: sum(len(p["shards"][s]) for p in parts) for s in SPLITS},
+        "cross_part_duplicates": cross,
     }
     if seconds:
         stats["seconds"] = round(seconds, 3)
         stats["records_per_s"] = round(total / seconds, 1)
     if confusion:
         stats["ground_truth"] = filter_quality(confusion, dropped)
-    _merge_coco(cfg)
+    _merge_coco(cfg, {e["key"] for e in removed if e["split"] == "val"})
     return stats
+
+
+def _cross_part_duplicates(
+    cfg: PrepareConfig, parts: list[dict[str, Any]], filters: FilterConfig
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Find (and with the option, remove) duplicates across parts: ``(counts, removed)``.
+
+    ``removed`` holds every sample now missing from the shards, including those an earlier merge
+    removed (their parts' ``removed.json``): the stats must describe the shards as they are.
+    """
+    counts = {"found": 0, "exact": 0, "near": 0, "removed": 0}
+    if cfg.num_parts == 1:
+        return counts, []
+    tables = [load_hashes(_hashes_path(cfg, i)) for i in range(cfg.num_parts)]  # checked
+    found = find_cross_part_duplicates(tables, filters)
+    write_json(cross_part_report_path(cfg), found)
+    rows = {
+        str(row["key"]): {"split": str(row["split"]), "defect": str(row["defect"]) or None}
+        for table in tables
+        for row in table
+    }
+    removed: list[dict[str, Any]] = []
+    for i in range(cfg.num_parts):
+        before = read_removed(_removed_path(cfg, i))
+        after = dict(before)
+        if cfg.drop_cross_part_duplicates:
+            after.update({e["key"]: e["reason"] for e in found if e["part"] == i})
+        new = set(after) - set(before)
+        if new:
+            shards = [
+                Path(cfg.shards_dir) / split / name
+                for split in SPLITS
+                for name in parts[i]["shards"][split]
+            ]
+            remove_keys(shards, new)
+            write_json(_removed_path(cfg, i), dict(sorted(after.items())))
+        removed += [{"key": k, "reason": r, **rows[k]} for k, r in sorted(after.items())]
+    counts["found"] = len(found)
+    counts["exact"] = sum(e["reason"] == "exact_duplicate" for e in found)
+    counts["near"] = len(found) - counts["exact"]
+    counts["removed"] = len(removed)
+    return counts, removed
 
 
 def filter_quality(
@@ -268,7 +386,8 @@ def filter_quality(
     return out
 
 
-def _merge_coco(cfg: PrepareConfig) -> None:
+def _merge_coco(cfg: PrepareConfig, removed: Collection[str] = ()) -> None:
+    """``captions.json`` from the parts' exports, renumbered, without the ``removed`` keys."""
     eval_dir = Path(cfg.eval_dir)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -276,9 +395,14 @@ def _merge_coco(cfg: PrepareConfig) -> None:
         doc = json.loads((eval_dir / "parts" / f"part-{i:03d}.json").read_text())
         id_map = {}
         for im in doc["images"]:
+            if im["file_name"].rsplit(".", 1)[0] in removed:
+                (eval_dir / "images" / im["file_name"]).unlink(missing_ok=True)
+                continue
             id_map[im["id"]] = len(images) + 1
             images.append({**im, "id": len(images) + 1})
         for ann in doc["annotations"]:
+            if ann["image_id"] not in id_map:
+                continue
             annotations.append(
                 {**ann, "id": len(annotations) + 1, "image_id": id_map[ann["image_id"]]}
             )
