@@ -13,9 +13,15 @@ noisy): the same captions through :func:`glide.sampling.bulk.sample_captions`, t
 Each row also reports how far batch 8's images are from batch 1's (mean absolute difference in
 levels of 255): the same per-image noise, so only batched-kernel round-off separates them.
 
+``--processes`` adds the other lever on a CPU, timed as a user runs it (wall clock of the
+``glide sample`` command, model loading included): one process using every core against one
+shard process per core (``--num-shards N``, one thread each), both at batch 8, on the trained
+tiny models, and whether the two wrote the same bytes.
+
     python benchmarks/bulk_sample.py                          # tiny + filtered --steps-only 2
     python benchmarks/bulk_sample.py --sets tiny --captions 32 --repeats 3
     python benchmarks/bulk_sample.py --sets filtered --steps-only 1 --json bulk.json
+    python benchmarks/bulk_sample.py --sets tiny --processes 2      # + shard processes vs threads
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,6 +150,61 @@ def measure(
     }
 
 
+def process_row(models: Path, captions: list[str], processes: int) -> dict[str, Any]:
+    """``glide sample --prompts-file`` in one process (every core) against ``processes`` shard
+    processes of one thread each, at batch 8: wall seconds of the commands, outputs compared."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = Path(tmp) / "captions.txt"
+        prompts.write_text("\n".join(captions) + "\n")
+        command = [sys.executable, "-m", "glide.cli", "sample", "--prompts-file", str(prompts)]
+        common = ["-n", "1", "--batch-size", "8", "--no-progress"]
+        common += ["--base", str(models / "base"), "--upsampler", str(models / "upsampler")]
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+        start = time.perf_counter()
+        subprocess.run([*command, "--out", f"{tmp}/one", *common], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        one = time.perf_counter() - start
+        start = time.perf_counter()
+        shards = [
+            subprocess.Popen(
+                [
+                    *command,
+                    "--out",
+                    f"{tmp}/many",
+                    *common,
+                    "--num-shards",
+                    str(processes),
+                    "--shard-index",
+                    str(i),
+                ],
+                env={**env, "OMP_NUM_THREADS": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(processes)
+        ]
+        assert all(p.wait() == 0 for p in shards)
+        many = time.perf_counter() - start
+        same = all(
+            (Path(tmp) / "many" / p.name).read_bytes() == p.read_bytes()
+            for p in (Path(tmp) / "one").glob("*.png")
+        )
+    print(
+        f"  glide sample, {len(captions)} captions: 1 process {one:.1f} s, "
+        f"{processes} shard processes x 1 thread {many:.1f} s ({one / many:.2f}x), "
+        f"same bytes: {same}",
+        flush=True,
+    )
+    return {
+        "set": f"tiny, glide sample: 1 process vs {processes} shards x 1 thread",
+        "images": len(captions),
+        "one_process_s": one,
+        "shard_processes_s": many,
+        "ratio": one / many,
+        "identical_outputs": same,
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sets", default="tiny,filtered", help="tiny,filtered")
@@ -153,6 +216,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--tiny-steps", type=int, default=None, help="steps per stage (tiny set)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--processes", type=int, default=0, help="also time N shard processes (trained tiny)"
+    )
     p.add_argument("--json", default=None, metavar="PATH")
     args = p.parse_args(argv)
     if args.threads:
@@ -193,6 +259,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
         else:
             raise SystemExit(f"unknown set {name!r} (tiny, filtered)")
+    if args.processes:
+        if not (Path(args.models) / "base" / "model.pt").is_file():
+            raise SystemExit(f"--processes needs the trained models in {args.models}")
+        captions = [make_example(11, i, size=64)[1] for i in range(args.captions)]
+        extra = process_row(Path(args.models), captions, args.processes)
     print("\n| set | batch 1 images/s | batch 8 images/s | batch 8 / batch 1 | max mean |diff| |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -201,6 +272,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"| {label} | {r['batch1_images_per_s']:.3f} | {r['batch8_images_per_s']:.3f} | "
             f"{r['ratio']:.2f}x | {r['batch8_vs_batch1_mean_abs_diff']:.4f} |"
         )
+    if args.processes:
+        print(
+            f"\n| {extra['set']} | 1 process {extra['one_process_s']:.1f} s | "
+            f"shards {extra['shard_processes_s']:.1f} s | {extra['ratio']:.2f}x | "
+            f"identical: {extra['identical_outputs']} |"
+        )
+        rows.append(extra)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return rows

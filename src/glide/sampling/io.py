@@ -16,6 +16,8 @@ key                  value
 ``upsampler_version`` the upsampler's version (absent for base-only samples)
 ``prompts_file``     with ``glide sample --prompts-file``: the file, plus ``line`` (text) or
                      ``annotation``, ``annotation_id``, ``image_id`` (COCO captions)
+``settings``         ``glide sample``: a digest of what determines the image besides its caption
+                     (a rerun skips PNGs whose digest matches; :mod:`glide.sampling.bulk`)
 ``software``         ``glide <version of the glide-pipeline distribution>``
 ==================== ==========================================================================
 """
