@@ -33,6 +33,7 @@ _NETWORK_OPTIONS = frozenset(
         "resblock_updown", "inpaint", "super_res",
         # ours, not in the release's dict:
         "n_vocab", "out_channels", "in_channels", "use_checkpoint", "attention_impl", "conv_resample",
+        "guidance_embed",  # a guided-distilled student (glide.training.distill)
     }
 )  # fmt: skip
 
@@ -110,6 +111,7 @@ def text2im_config_from_options(options: Mapping[str, Any]) -> Text2ImConfig:
         n_vocab=int(o.get("n_vocab", GPT2_VOCAB)),
         inpaint=bool(o["inpaint"]),
         super_res=bool(o["super_res"]),
+        guidance_embed=bool(o.get("guidance_embed", False)),
     )
 
 

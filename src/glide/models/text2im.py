@@ -26,6 +26,8 @@ from glide.models.nn import LayerNorm32, timestep_embedding
 from glide.models.unet import TextCondition, UNet, UNetConfig
 from glide.models.xf import Transformer
 
+GUIDANCE_EMBED_SCALE = 100.0  # w in [0, ~10] spread over the timestep embedding's range
+
 
 @dataclass(frozen=True)
 class Text2ImConfig:
@@ -43,6 +45,7 @@ class Text2ImConfig:
     n_vocab: int = 50257
     inpaint: bool = False
     super_res: bool = False
+    guidance_embed: bool = False  # ours: the guidance weight as an input (guided distillation)
 
     @property
     def torso_in_channels(self) -> int:
@@ -65,6 +68,16 @@ class Text2ImUNet(UNet):
             )
         )
         self.text_config = config
+        if config.guidance_embed:
+            # Meng et al. 2023: the student of a guided teacher takes the weight w like a
+            # timestep. The last layer starts at zero, so a student made from a teacher's weights
+            # is the teacher's conditional model until it learns otherwise.
+            emb_dim = 4 * self.model_channels
+            self.guidance_embed = nn.Sequential(
+                nn.Linear(self.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            )
+            nn.init.zeros_(self.guidance_embed[2].weight)
+            nn.init.zeros_(self.guidance_embed[2].bias)
         w = config.xf_width
         if not w:
             return
@@ -110,8 +123,20 @@ class Text2ImUNet(UNet):
         mask: Tensor | None = None,
         *,
         text: TextCondition | None = None,
+        guidance: Tensor | None = None,
     ) -> Tensor:
+        """``guidance`` [B]: the classifier-free weight ``w`` each row samples with, for a model
+        built with ``guidance_embed`` (and only for one)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        if self.text_config.guidance_embed:
+            if guidance is None:
+                raise ValueError("this model is guidance-distilled: pass guidance=w per row")
+            w = guidance.to(timesteps.device).float().expand(x.shape[0])
+            emb = emb + self.guidance_embed(
+                timestep_embedding(w * GUIDANCE_EMBED_SCALE, self.model_channels)
+            ).to(emb.dtype)
+        elif guidance is not None:
+            raise ValueError("guidance= needs a model built with guidance_embed")
         encoder_out: Tensor | TextCondition | None = None
         if self.text_config.xf_width:
             if text is None:

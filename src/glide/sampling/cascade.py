@@ -32,6 +32,7 @@ from torch import Tensor
 from glide.diffusion import ImageGenerators, NoiseGenerator, image_seed, inpaint_denoised_fn
 from glide.diffusion.gaussian_diffusion import CondFn, DenoisedFn, Model
 from glide.guidance import ClassifierFreeGuidance, CLIPGuidance, classifier_free_batch
+from glide.guidance.distilled import WeightConditioned
 from glide.models import NoisedCLIP, Text2ImUNet
 from glide.precision import Precision, Workload, resolve_precision
 from glide.sampling.model_source import LoadedModel
@@ -322,7 +323,9 @@ class Cascade:
             raise ValueError(f"{self.base.version} is not an inpainting model")
         cond = self._tokens(self.base, prompts)
         uncond = self._tokens(self.base, [""])
-        guided = config.guidance_scale != 1.0
+        # A guidance-distilled base takes w as an input: one row per image, at any scale.
+        distilled = bool(getattr(self.base.model.text_config, "guidance_embed", False))
+        guided = config.guidance_scale != 1.0 and not distilled
         denoised_fn = None
         if inpaint is not None:
             known, m = _known_rows(inpaint.image_lr, inpaint.mask_lr, n, self.device)
@@ -347,8 +350,11 @@ class Cascade:
             )
 
         network = self._network(self.base, config)
-        if guided:
-            model: Model = ClassifierFreeGuidance(network, config.guidance_scale)
+        if distilled:
+            model: Model = WeightConditioned(network, config.guidance_scale)
+            kwargs, rows = cond, n
+        elif guided:
+            model = ClassifierFreeGuidance(network, config.guidance_scale)
             kwargs, rows = classifier_free_batch(cond, uncond), 2 * n
         else:
             model, kwargs, rows = network, cond, n

@@ -1,0 +1,128 @@
+"""Guided distillation, stage one: a student with a guidance-weight input starts as its teacher's
+conditional model, its loss is the distance to the teacher's guided output (zero at w = 1),
+training on it moves the student toward the guided teacher, and the cascade samples a student
+with one row per image."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import glide.sampling.cascade as cascade_module
+from glide.diffusion import create_gaussian_diffusion
+from glide.guidance import ClassifierFreeGuidance, classifier_free_batch
+from glide.guidance.distilled import (
+    WeightConditioned,
+    guided_distillation_loss,
+    student_from_teacher,
+)
+from glide.sampling import Cascade, GenerationConfig, LoadedModel, parse_sampler
+from tests.test_sampling_support import micro_model
+
+
+@pytest.fixture(scope="module")
+def teacher() -> LoadedModel:
+    return micro_model("base")
+
+
+def _batch(teacher: LoadedModel, n: int = 4):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(n, 3, 32, 32, generator=g) * 2 - 1
+    tokens, mask = teacher.tokenizer.batch(
+        ["a red circle", "a blue star"] * (n // 2), teacher.text_ctx
+    )
+    empty_t, empty_m = teacher.tokenizer.batch([""], teacher.text_ctx)
+    return x0, {"tokens": tokens, "mask": mask}, {"tokens": empty_t, "mask": empty_m}
+
+
+def test_the_student_starts_as_the_teachers_conditional_model(teacher: LoadedModel) -> None:
+    student = student_from_teacher(teacher.model, teacher.options).eval()
+    x0, cond, _ = _batch(teacher)
+    t = torch.tensor([10, 200, 500, 900])
+    with torch.no_grad():
+        ref = teacher.model(x0, t, **cond)
+        for w in (1.0, 3.0, 8.0):
+            out = student(x0, t, guidance=torch.full((4,), w), **cond)
+            assert torch.equal(out, ref)  # the guidance embedding's last layer is zero
+    with pytest.raises(ValueError, match="guidance-distilled"):
+        student(x0, t, **cond)
+    with pytest.raises(ValueError, match="guidance_embed"):
+        teacher.model(x0, t, guidance=torch.ones(4), **cond)
+
+
+def test_distillation_loss_is_the_distance_to_the_guided_teacher(teacher: LoadedModel) -> None:
+    student = student_from_teacher(teacher.model, teacher.options)
+    diffusion = create_gaussian_diffusion(steps=1000)
+    x0, cond, uncond = _batch(teacher)
+    t = torch.tensor([100, 300, 600, 800])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    kw = {"cond": cond, "uncond": uncond, "noise": noise}
+    with torch.no_grad():
+        ones = guided_distillation_loss(
+            student, teacher.model, diffusion, x0, t, torch.ones(4), **kw
+        )
+    assert ones.shape == (4,) and float(ones.max()) < 1e-10  # w = 1 is the conditional model
+    w = torch.tensor([2.0, 3.0, 5.0, 8.0])
+    with torch.no_grad():
+        loss = guided_distillation_loss(student, teacher.model, diffusion, x0, t, w, **kw)
+    # by hand: the teacher guided at each row's w, against the student at that w
+    x_t = diffusion.q_sample(x0, t, noise=noise)
+    with torch.no_grad():
+        both = classifier_free_batch(cond, uncond)
+        for i in range(4):
+            guided = ClassifierFreeGuidance(teacher.model, float(w[i]))
+            row = {k: v[[i, 4 + i]] for k, v in both.items()}
+            target = guided(x_t[[i, i]], t[[i, i]], **row)[0]
+            out = student(x_t[i : i + 1], t[i : i + 1], guidance=w[i : i + 1], **{k: v[i : i + 1] for k, v in cond.items()})[0]  # fmt: skip
+            assert float(((out - target) ** 2).mean()) == pytest.approx(float(loss[i]), rel=1e-4)
+    assert float(loss.min()) > 0  # guidance changes the output: there is something to learn
+
+
+def test_training_on_the_loss_moves_the_student_to_the_guided_teacher(
+    teacher: LoadedModel,
+) -> None:
+    torch.manual_seed(0)
+    student = student_from_teacher(teacher.model, teacher.options).train()
+    diffusion = create_gaussian_diffusion(steps=1000)
+    x0, cond, uncond = _batch(teacher)
+    t = torch.tensor([150, 350, 550, 750])
+    w = torch.tensor([3.0, 3.0, 6.0, 6.0])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    kw = {"cond": cond, "uncond": uncond, "noise": noise}
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        loss = guided_distillation_loss(student, teacher.model, diffusion, x0, t, w, **kw).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert any(p.abs().sum() > 0 for p in student.guidance_embed[2].parameters())
+
+
+def test_the_cascade_samples_a_student_with_one_row_per_image(
+    teacher: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    student = student_from_teacher(teacher.model, teacher.options).eval()
+    loaded = dataclasses.replace(teacher, model=student, version="micro-student")
+    seen: list[tuple[int, ...]] = []
+    real = cascade_module.run_sampler
+
+    def spy(model, shape, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(tuple(shape))
+        assert isinstance(model, WeightConditioned) and model.w == 3.0
+        return real(model, shape, **kwargs)
+
+    monkeypatch.setattr(cascade_module, "run_sampler", spy)
+    config = GenerationConfig(guidance_scale=3.0, sampler=parse_sampler("ddim-2"), upsample=False)
+    out = Cascade(loaded).generate(["a red circle", "a blue star", "a green square"], config)
+    assert out.base.shape == (3, 3, 32, 32) and seen == [(3, 3, 32, 32)]  # not 2 x 3 rows
+    # at init the student is the conditional teacher: w = 1 sampling equals the teacher's
+    plain = dataclasses.replace(config, guidance_scale=1.0)
+    monkeypatch.setattr(cascade_module, "run_sampler", real)
+    a = Cascade(loaded).generate(["a red circle"], plain).base
+    b = Cascade(teacher).generate(["a red circle"], plain).base
+    assert torch.equal(a, b)
