@@ -6,6 +6,7 @@ with one row per image."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from glide.guidance.distilled import (
     student_from_teacher,
 )
 from glide.sampling import Cascade, GenerationConfig, LoadedModel, parse_sampler
+from glide.training.config import DistillConfig
 from tests.test_sampling_support import micro_model
 
 
@@ -126,3 +128,39 @@ def test_the_cascade_samples_a_student_with_one_row_per_image(
     a = Cascade(loaded).generate(["a red circle"], plain).base
     b = Cascade(teacher).generate(["a red circle"], plain).base
     assert torch.equal(a, b)
+
+
+def test_distill_kind_trains_from_an_exported_teacher_and_exports_a_sampler_ready_base(
+    tmp_path: Path,
+) -> None:
+    from glide.models import load_preset
+    from glide.sampling import load_model_source
+    from glide.training import train
+    from tests.test_training_data import write_shards
+    from tests.test_training_modules import small_config
+
+    shards = write_shards(tmp_path / "shards", n=32, per_shard=16, size=64)
+    common = {"root": tmp_path, "experiment": "test",
+              "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # fmt: skip
+    teacher_cfg = small_config(shards, tmp_path, max_steps=2, num_threads=1)
+    teacher = train(teacher_cfg, load_preset("tiny"), **common)
+    assert teacher.model_path is not None
+
+    cfg = small_config(shards, tmp_path, kind="distill", max_steps=3, num_threads=1)
+    cfg = dataclasses.replace(
+        cfg, distill=DistillConfig(teacher=str(teacher.model_path), w_min=2.0, w_max=6.0)
+    )
+    result = train(cfg, load_preset("tiny"), **common)
+    assert result.step == 3 and result.model_path is not None
+    loaded = load_model_source(str(result.model_path))
+    assert loaded.kind == "base" and loaded.options["guidance_embed"] is True
+    assert any(p.abs().sum() > 0 for p in loaded.model.guidance_embed[2].parameters())
+    out = Cascade(loaded).generate(
+        ["a red circle", "a blue star"],
+        GenerationConfig(guidance_scale=4.0, sampler=parse_sampler("ddim-2"), upsample=False),
+    )
+    assert out.base.shape == (2, 3, 32, 32)
+    # a teacher that predicts something else than the run's parametrization is refused
+    wrong = dataclasses.replace(cfg, parametrization="x0", out_dir=str(tmp_path / "wrong"))
+    with pytest.raises(ValueError, match="must keep the teacher's"):
+        train(wrong, load_preset("tiny"), **common)

@@ -47,7 +47,13 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_config(shards_dir: Path, out: Path, kind: str = "base", **kw: Any) -> TrainConfig:
     """A :class:`TrainConfig` for a seconds-long run on ``shards_dir``."""
-    part = {"base": "base", "inpaint": "base", "upsample": "upsample", "clip": "clip"}[kind]
+    part = {
+        "base": "base",
+        "inpaint": "base",
+        "upsample": "upsample",
+        "clip": "clip",
+        "distill": "base",
+    }[kind]
     data = DataConfig(
         shards_dir=str(shards_dir),
         image_size=32,

@@ -8,7 +8,7 @@ from typing import Any
 
 from glide.config import to_dataclass
 
-KINDS = ("base", "upsample", "inpaint", "clip")
+KINDS = ("base", "upsample", "inpaint", "clip", "distill")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,15 @@ class InpaintConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Guided distillation of a trained base (kind ``distill``; Meng et al. 2023, stage one)."""
+
+    teacher: str = "models/base/model.pt"  # exported base model: the student starts as it
+    w_min: float = 1.0  # guidance weights drawn uniformly from [w_min, w_max] per example
+    w_max: float = 8.0
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """The sample grid logged every ``every`` steps (fixed prompts and seed, EMA weights)."""
 
@@ -98,7 +107,7 @@ class TrainConfig:
     """One training run: which network, for how long, with what optimisation and outputs."""
 
     name: str = "base"  # output folder models/<name>/, MLflow run name train_<name>
-    kind: str = "base"  # base | upsample | inpaint | clip
+    kind: str = "base"  # base | upsample | inpaint | clip | distill
     preset: str = "tiny"  # conf/model/<preset>.yaml
     part: str = "base"  # preset entry: base | upsample | clip (inpaint adds inpaint=true)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # merged into the options
@@ -136,6 +145,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     upsample: UpsampleConfig = field(default_factory=UpsampleConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def __post_init__(self) -> None:
@@ -163,6 +173,7 @@ _SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "upsample": UpsampleConfig,
     "inpaint": InpaintConfig,
+    "distill": DistillConfig,
     "sample": SampleConfig,
 }
 

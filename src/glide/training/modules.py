@@ -8,6 +8,9 @@
   optionally blurred / noised;
 - :class:`InpaintModule` (``inpaint``): initialised from a trained base (new input channels at
   zero), trained on random rectangular / free-form masks;
+- :class:`DistillModule` (``distill``): a guidance-conditioned student of a trained base learns
+  the teacher's classifier-free-guided output at weights drawn from a range
+  (:mod:`glide.guidance.distilled`); exported as a base model with ``guidance_embed``;
 - :class:`ClipModule` (``clip``): open_clip's ``ClipLoss`` between captions and images noised at
   random timesteps, the timestep fed to the image encoder.
 
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 from glide.diffusion import TrainingObjective, create_gaussian_diffusion, dpm_solver_pp_2m_sample
 from glide.diffusion.inpaint import inpaint_denoised_fn
 from glide.guidance import ClassifierFreeGuidance, classifier_free_batch
+from glide.guidance.distilled import WeightConditioned, guided_distillation_loss
 from glide.models.export import build_model
 from glide.text import EMPTY_CAPTION, Tokenizer, get_tokenizer
 from glide.training.config import TrainConfig
@@ -278,7 +282,7 @@ class Text2ImModule(GlideModule):
 
     def grid_labels(self, images: Tensor) -> tuple[list[str], list[str] | None] | None:
         """Each prompt, and the oracle's verdict when every prompt is in the built-in grammar."""
-        if self.kind != "base":
+        if self.kind not in ("base", "distill"):
             return None  # upsampler / inpainting grids are rows of inputs and outputs
         from glide.evaluation.captions import is_builtin_caption, judge
         from glide.sampling.cascade import to_pil, to_uint8
@@ -398,6 +402,75 @@ class InpaintModule(Text2ImModule):
         return torch.cat([image * mask, out])
 
 
+class DistillModule(Text2ImModule):
+    """Guided distillation: the student (the base network plus a guidance-weight embedding)
+    matches the frozen teacher's classifier-free-guided output; one forward per row to sample.
+
+    The teacher is held outside the module's parameters (not trained, not checkpointed): it is
+    loaded from ``distill.teacher`` before every run, resumed ones included.
+    """
+
+    def __init__(self, config: TrainConfig, options: Mapping[str, Any]) -> None:
+        super().__init__(config, {**options, "guidance_embed": True}, kind="base")
+        self.kind = "distill"
+        self._teacher: list[nn.Module] = []  # a list: not registered as a submodule
+
+    @property
+    def teacher(self) -> nn.Module:
+        if not self._teacher:
+            raise RuntimeError("no teacher set: call set_teacher() before training")
+        return self._teacher[0]
+
+    def set_teacher(self, teacher: nn.Module, *, init_student: bool) -> None:
+        """Freeze ``teacher``; with ``init_student`` the student (and its EMA) start as it."""
+        teacher.eval().requires_grad_(False)
+        self._teacher[:] = [teacher]
+        if init_student:
+            missing, unexpected = self.model.load_state_dict(teacher.state_dict(), strict=False)
+            if unexpected or any(not k.startswith("guidance_embed.") for k in missing):
+                raise ValueError(f"the teacher does not fit the student: {missing}, {unexpected}")
+            self.ema.model.load_state_dict(self.model.state_dict())
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)
+
+    def losses(self, model: nn.Module, batch: Mapping[str, Any], t: Tensor | None = None) -> dict:
+        x0 = batch["image"]
+        n = x0.shape[0]
+        d = self.config.distill
+        if t is None:
+            t = torch.randint(0, self.diffusion.num_timesteps, (n,), device=x0.device)
+        w = d.w_min + (d.w_max - d.w_min) * torch.rand(n, device=x0.device)
+        empty_tokens, empty_mask = self.tokenizer.batch([EMPTY_CAPTION], self.config.data.text_ctx)
+        uncond = {"tokens": empty_tokens.to(x0.device), "mask": empty_mask.to(x0.device)}
+        loss = guided_distillation_loss(
+            model,
+            self.teacher,
+            self.diffusion,
+            x0,
+            t,
+            w,
+            cond=self.conditioning(batch, x0),
+            uncond=uncond,
+            noise=torch.randn_like(x0),
+        )
+        return {"loss": loss, "mse": loss, "vb": torch.zeros_like(loss), "t": t,
+                "objective": loss.mean()}  # fmt: skip
+
+    def _sample(self, shape: tuple[int, ...], cond: dict[str, Tensor], **kw: Any) -> Tensor:
+        s = self.config.sample
+        g = torch.Generator(device=self.device).manual_seed(s.seed)
+        return dpm_solver_pp_2m_sample(
+            self.diffusion,
+            WeightConditioned(self.ema.model, s.guidance_scale),
+            shape,
+            steps=s.steps,
+            noise=torch.randn(shape, generator=g, device=self.device),
+            model_kwargs=cond,
+            generator=g,
+        )
+
+
 class ClipModule(GlideModule):
     """Noised CLIP: contrastive loss between captions and noisy images ``x_t`` at timestep ``t``."""
 
@@ -482,6 +555,7 @@ MODULES: dict[str, type[GlideModule]] = {
     "upsample": UpsampleModule,
     "inpaint": InpaintModule,
     "clip": ClipModule,
+    "distill": DistillModule,
 }
 
 

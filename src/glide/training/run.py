@@ -66,7 +66,7 @@ from glide.training.checkpoint import (
 )
 from glide.training.config import TrainConfig
 from glide.training.datamodule import ShardDataModule
-from glide.training.modules import GlideModule, InpaintModule, build_module
+from glide.training.modules import DistillModule, GlideModule, InpaintModule, build_module
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +349,9 @@ def resume_key(
     init = root / config.inpaint.init_from if config.inpaint.init_from else None
     if config.kind == "inpaint" and init is not None and init.is_file():
         what["init_from_sha256"] = file_sha256(init)
+    teacher = root / config.distill.teacher
+    if config.kind == "distill" and teacher.is_file():
+        what["teacher_sha256"] = file_sha256(teacher)
     text = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -384,6 +387,21 @@ def _resume_from(config: TrainConfig, key: str) -> Path | None:
     return path
 
 
+def _load_teacher(config: TrainConfig, root: Path) -> torch.nn.Module:
+    """The exported base model a distillation run learns from (checked against the config)."""
+    path = root / config.distill.teacher
+    teacher, meta = load_model(path)
+    if meta["kind"] != "base" or (meta.get("options") or {}).get("guidance_embed"):
+        raise ValueError(f"{config.distill.teacher} is not a base model to distil")
+    param = (meta.get("diffusion") or {}).get("parametrization", "eps")
+    if param != config.parametrization:
+        raise ValueError(
+            f"{config.distill.teacher} predicts {param!r} but train.parametrization is "
+            f"{config.parametrization!r}: the student must keep the teacher's"
+        )
+    return teacher
+
+
 def _export(
     config: TrainConfig, module: GlideModule, *, step: int, extra: Mapping[str, Any]
 ) -> Path:
@@ -391,7 +409,7 @@ def _export(
     return save_model(
         Path(config.out_dir) / "model.pt",
         module.ema.model,
-        kind=config.kind,
+        kind="base" if config.kind == "distill" else config.kind,  # a base with guidance_embed
         options={k: v for k, v in module.options.items() if k != "use_checkpoint"},
         tokenizer={"name": data.tokenizer, "path": data.tokenizer_path},
         diffusion={
@@ -487,6 +505,8 @@ def _train(
             config.inpaint.init_from,
             widened,
         )
+    if isinstance(module, DistillModule):
+        module.set_teacher(_load_teacher(config, root), init_student=ckpt_path is None)
     datamodule = ShardDataModule(config.data, seed=config.seed)
 
     logger = _mlflow_logger(
