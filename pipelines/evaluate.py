@@ -83,8 +83,15 @@ def _evaluate(config: EvaluateConfig, world: World) -> Any:
     upsampler = load_model_source(config.upsampler, **load) if config.upsampler else None
     clip = load_model_source(config.clip, **load) if config.clip else None
     inpaint = load_model_source(config.inpaint, **load) if config.inpaint else None
+    distilled = load_model_source(config.distilled, **load) if config.distilled else None
     evaluator = Evaluator(
-        config, base=base, upsampler=upsampler, clip=clip, inpaint=inpaint, world=world
+        config,
+        base=base,
+        upsampler=upsampler,
+        clip=clip,
+        inpaint=inpaint,
+        distilled=distilled,
+        world=world,
     )
     return evaluator.run()
 

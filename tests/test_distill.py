@@ -164,3 +164,85 @@ def test_distill_kind_trains_from_an_exported_teacher_and_exports_a_sampler_read
     wrong = dataclasses.replace(cfg, parametrization="x0", out_dir=str(tmp_path / "wrong"))
     with pytest.raises(ValueError, match="must keep the teacher's"):
         train(wrong, load_preset("tiny"), **common)
+
+
+def _save_student(teacher: LoadedModel, path: Path) -> Path:
+    from glide.models.export import save_model
+
+    student = student_from_teacher(teacher.model, teacher.options)
+    with torch.no_grad():  # a trained-looking student: the guidance embedding is not zero
+        for p in student.guidance_embed.parameters():
+            p.normal_(std=0.02)
+    return save_model(
+        path,
+        student,
+        kind="base",
+        options={**teacher.options, "guidance_embed": True},
+        tokenizer="clip",
+        diffusion={"steps": teacher.diffusion.steps, "noise_schedule": "squaredcos_cap_v2"},
+    )
+
+
+def test_glide_sample_recipe_distilled_reads_the_distilled_base(
+    teacher: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from glide.cli import main
+    from glide.models.export import save_model
+
+    _save_student(teacher, tmp_path / "models" / "base-distilled" / "model.pt")
+    plain = save_model(
+        tmp_path / "teacher" / "model.pt",
+        teacher.model,
+        kind="base",
+        options=teacher.options,
+        tokenizer="clip",
+        diffusion={"steps": teacher.diffusion.steps, "noise_schedule": "squaredcos_cap_v2"},
+    )
+    monkeypatch.chdir(tmp_path)
+    fast = ["--sampler", "dpm++", "--steps", "2", "--base-only", "--no-progress"]
+    args = ["sample", "--prompt", "a red circle", "--out", "out.png", "--recipe", "distilled"]
+    assert main([*args, *fast]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "out_000.png") as img:
+        assert "base-distilled" in img.text["model_version"] and img.text["recipe"] == "distilled"
+    capsys.readouterr()
+    assert main([*args, *fast, "--base", str(plain)]) == 2
+    assert "needs a guidance-distilled base" in capsys.readouterr().err
+
+
+def test_evaluate_sampler_table_row_for_the_distilled_recipe(
+    teacher: LoadedModel, tmp_path: Path
+) -> None:
+    from glide.evaluation import EvaluateConfig, Evaluator
+    from glide.sampling import load_model_source
+    from tests.test_sampling_support import write_shapes_coco
+
+    captions = write_shapes_coco(tmp_path / "set", 4, size=64)
+    student = load_model_source(str(_save_student(teacher, tmp_path / "s" / "model.pt")))
+    config = EvaluateConfig.from_dict(
+        {
+            "captions": str(captions),
+            "num_captions": 4,
+            "batch_size": 2,
+            "upsample_count": 0,
+            "cache_dir": None,
+            "fid": {"enabled": False},
+            "inpaint_eval": {"enabled": False},
+            "clip_retrieval": {"enabled": False},
+            "sweep": {"cfg_scales": [], "clip_scales": []},
+            "sampler_table": {"samplers": [], "num_images": 4, "recipes": ["distilled"]},
+        }
+    )
+    quiet = {"log": lambda _: None}
+    up = micro_model("upsample")
+    with_student = Evaluator(config, base=teacher, upsampler=up, distilled=student, **quiet)
+    result = with_student.run().metrics_json()
+    row = result["samplers"]["recipe:distilled"]
+    assert 0.0 <= row["caption_accuracy"] <= 1.0 and row["seconds_per_image"] > 0
+    without = Evaluator(config, base=teacher, upsampler=up, **quiet).run().metrics_json()
+    assert "recipe:distilled" not in without["samplers"]
+    assert "train=distill" in without["unavailable"]["recipe:distilled"]

@@ -41,6 +41,8 @@ RECIPE_HELP = {
     "fast": "DPM-Solver++ on both stages, caption encoded once, channels_last, sdpa, auto "
     "precision",
     "release": "the release's ancestral-100 + fast27, eager float32",
+    "distilled": "balanced's samplers for a guidance-distilled base (train=distill): one row "
+    "per image; --base defaults to models/base-distilled",
 }
 DEFAULT_RECIPE = "balanced"  # glide.sampling.DEFAULT_RECIPE (not imported: --help stays fast)
 
@@ -48,8 +50,13 @@ DEFAULT_RECIPE = "balanced"  # glide.sampling.DEFAULT_RECIPE (not imported: --he
 def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str) -> None:
     g = p.add_argument_group("models (a path, models:/<name>@<alias>, or openai:<name>)")
     g.add_argument(
-        "--base", "--model", dest="base", default=base, help=f"base model source (default: {base})"
+        "--base",
+        "--model",
+        dest="base",
+        default=None,
+        help=f"base model source (default: {base}; models/base-distilled with --recipe distilled)",
     )
+    p.set_defaults(default_base=base)
     g.add_argument(
         "--upsampler", default=upsampler, help=f"upsampler source (default: {upsampler})"
     )
@@ -217,6 +224,11 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
     if args.precision is not None:
         execution = dataclasses.replace(execution, precision=args.precision)
 
+    if args.base is None:
+        distilled = args.recipe == "distilled" and not inpaint
+        args.base = "models/base-distilled" if distilled else args.default_base
+    if inpaint and args.recipe == "distilled":
+        raise CLIError("--recipe distilled has no inpainting model: use balanced or fast")
     inputs = None
     prompts = _prompts(args)
     if inpaint:
@@ -225,6 +237,11 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
     assert isinstance(base, LoadedModel)
     upsampler = None if args.base_only else _load(args.upsampler, args, "upsampler")
     clip = _load(args.clip, args, "CLIP model") if clip_scale else None
+    if args.recipe == "distilled" and not base.options.get("guidance_embed"):
+        raise CLIError(
+            f"--recipe distilled needs a guidance-distilled base (python pipelines/train.py "
+            f"train=distill); {base.version} is not one"
+        )
     if inpaint and not base.inpaint:
         raise CLIError(
             f"{base.version} is not an inpainting model (train=inpaint, openai:base-inpaint)"

@@ -155,6 +155,7 @@ class EvaluateConfig:
     upsampler: str | None = "models/upsampler"
     clip: str | None = "models/clip"
     inpaint: str | None = None  # inpainting model for the inpainting evaluation
+    distilled: str | None = None  # guidance-distilled base for the sampler table's recipe:distilled
     tokenizer_path: str | None = None
     upsample_count: int = 4  # per sweep point; < 0: all (metrics then at the upsampler's size)
     upsample_at: tuple[str, ...] = ()  # sweep points to upsample, e.g. ("cfg:3",); (): all
@@ -315,10 +316,16 @@ class Evaluator:
         upsampler: LoadedModel | None = None,
         clip: LoadedModel | None = None,
         inpaint: LoadedModel | None = None,
+        distilled: LoadedModel | None = None,
         world: World | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.config = config
+        self.distilled = (
+            None
+            if distilled is None
+            else Cascade(distilled, upsampler=upsampler, clip=clip, device=config.device)
+        )
         self.world = world or World(device=config.device)
         self.cascade = Cascade(base, upsampler=upsampler, clip=clip, device=config.device)
         self.clip = clip
@@ -355,8 +362,9 @@ class Evaluator:
             for name, m in (("base", base), ("upsampler", upsampler), ("clip", clip))
             if m is not None
         }
-        if inpaint is not None:
-            self.digests["inpaint"] = model_digest(inpaint.model)
+        for name, extra in (("inpaint", inpaint), ("distilled", distilled)):
+            if extra is not None:
+                self.digests[name] = model_digest(extra.model)
 
         self.features: NoisedCLIPScorer | None = None
         self.scorer: CLIPScorer | None = None
@@ -434,14 +442,17 @@ class Evaluator:
         return self._real_stats[n]
 
     # ---------------------------------------------------------------------------- sweep points
-    def _point_key(self, method: str, key: str, gen: GenerationConfig, n: int, k: int) -> str:
+    def _point_key(
+        self, method: str, key: str, gen: GenerationConfig, n: int, k: int, cascade: Cascade
+    ) -> str:
         """What determines a point's images: any change gives a fresh cache folder."""
         uses_up = gen.upsample or k > 0
-        precision = self.cascade.precision(gen.execution).name
+        precision = cascade.precision(gen.execution).name
+        base = "distilled" if cascade is self.distilled else "base"
         return config_key(
             {
                 "point": f"{method}:{key}",
-                "base": self.digests["base"],
+                "base": self.digests[base],
                 "upsampler": self.digests.get("upsampler") if uses_up else None,
                 "clip": self.digests.get("clip") if gen.clip_guidance_scale else None,
                 "generation": dataclasses.asdict(dataclasses.replace(gen, progress=False)),
@@ -518,9 +529,19 @@ class Evaluator:
                 total += cache.seconds(number) if cache is not None else self._seconds[number]
         return total
 
-    def run_point(self, method: str, key: str, gen: GenerationConfig, n: int) -> PointResult:
-        """Generate one image for each of the first ``n`` captions and measure them."""
+    def run_point(
+        self,
+        method: str,
+        key: str,
+        gen: GenerationConfig,
+        n: int,
+        *,
+        cascade: Cascade | None = None,
+    ) -> PointResult:
+        """Generate one image for each of the first ``n`` captions (with ``cascade``, default
+        the evaluated one) and measure them."""
         c = self.config
+        cascade = cascade or self.cascade
         captions = self.captions[:n]
         full = gen.upsample  # a recipe row: the whole cascade, measured on its final images
         wanted = not c.upsample_at or f"{method}:{key}" in c.upsample_at
@@ -533,7 +554,7 @@ class Evaluator:
             keys = [(i, 0) for i in idx]
             prompts = [captions[i] for i in idx]
             first = len(idx) if full else max(0, min(k - idx.start, len(idx)))
-            low, high = self.cascade.generate_batch(prompts, gen, keys=keys, upsample_first=first)
+            low, high = cascade.generate_batch(prompts, gen, keys=keys, upsample_first=first)
             if full:
                 assert high is not None
                 return {"": high}
@@ -542,9 +563,9 @@ class Evaluator:
         cache = self._generate_chunks(
             label,
             n,
-            self._point_key(method, key, gen, n, k),
+            self._point_key(method, key, gen, n, k, cascade),
             make,
-            lambda: self.cascade.running(gen),
+            lambda: cascade.running(gen),
         )
         metric_from_up = not full and k == n
 
@@ -785,12 +806,20 @@ class Evaluator:
             points.append(self.run_point("sampler", spec.label, gen, m))
         for name in table.recipes:
             recipe = get_recipe(name)
+            cascade = self.cascade
+            if name == "distilled":
+                if self.distilled is None:
+                    self.unavailable["recipe:distilled"] = (
+                        "no guidance-distilled base (evaluate.distilled, from train=distill)"
+                    )
+                    continue
+                cascade = self.distilled
             gen = self._generation(
                 guidance_scale=table.guidance_scale,
                 upsample=self.cascade.upsampler is not None,
                 **recipe.generation_kwargs(),
             )
-            points.append(self.run_point("sampler", f"recipe:{name}", gen, m))
+            points.append(self.run_point("sampler", f"recipe:{name}", gen, m, cascade=cascade))
         inpaint_point = self.run_inpaint()
         retrieval = self.run_clip_retrieval() if self.world.is_main else {}
         made = self.world.all_reduce(torch.tensor([self.images_generated], dtype=torch.float64))

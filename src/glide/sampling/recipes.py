@@ -8,6 +8,10 @@ A recipe is the samplers of both stages plus an :class:`Execution`, how the netw
   with the release's ``fast27`` upsampler, because on the trained default models a 5-step
   upsampler costs quality (``benchmarks/recipe_quality.py``: backgrounds go wrong) while the
   10-step base costs none;
+- ``distilled``: ``balanced``'s samplers and execution for a guidance-distilled base
+  (``train=distill``, :mod:`glide.guidance.distilled`), which takes the guidance weight as an
+  input: one row per image instead of the guided pair, half the base's cost; ``glide sample
+  --recipe distilled`` reads ``models/base-distilled`` unless ``--base`` names another;
 - ``fast``: DPM-Solver++(2M) on both stages (the upsampler from noise scaled by the release's
   0.997), the caption encoded once per sample instead of once per step, channels_last,
   scaled-dot-product attention, ``torch.inference_mode`` and ``precision: auto`` (bf16 autocast
@@ -35,6 +39,7 @@ from glide.sampling.samplers import SamplerSpec
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "DISTILLED_BASE",
     "FAST_BASE_STEPS",
     "FAST_UPSAMPLE_STEPS",
     "RECIPES",
@@ -123,7 +128,15 @@ RECIPES: dict[str, Recipe] = {
         0.997,
         _FAST_EXECUTION,
     ),
+    "distilled": Recipe(
+        "distilled",
+        SamplerSpec("dpm++", FAST_BASE_STEPS),
+        SamplerSpec("fast27", 27),
+        0.997,
+        _FAST_EXECUTION,
+    ),
 }
+DISTILLED_BASE = "models/base-distilled"  # where train=distill exports (recipe "distilled")
 DEFAULT_RECIPE = "balanced"  # glide sample's; see the module docstring for why not "fast"
 
 
