@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run params test test-numerics lint format bench clean-venv ui
+.PHONY: run distill params test test-numerics lint format bench clean-venv ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # it never goes stale; `dvc exp run -S key=value` rewrites it with the overrides itself.
 run: params
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+# Guided distillation of the trained base (pipelines/distill/dvc.yaml): outside `make run`'s
+# default pipeline (its 30-minute budget); brings models/base up to date first.
+distill: params
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro pipelines/distill/dvc.yaml
 
 params: $(STAMP)
 	$(BIN)/python pipelines/params.py

@@ -246,3 +246,47 @@ def test_evaluate_sampler_table_row_for_the_distilled_recipe(
     without = Evaluator(config, base=teacher, upsampler=up, **quiet).run().metrics_json()
     assert "recipe:distilled" not in without["samplers"]
     assert "train=distill" in without["unavailable"]["recipe:distilled"]
+
+
+def test_the_distillation_pipeline_stays_out_of_the_default_dvc_repro(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in [*tracked, "pipelines/distill/dvc.yaml"]:  # the project as a fresh clone has it
+        if (REPO_ROOT / rel).is_file():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO_ROOT / rel, tmp_path / rel)
+    import yaml
+
+    # --dry still wants every dependency on disk: stand-ins for the pipelines' outputs
+    for dvc_yaml in ("dvc.yaml", "pipelines/distill/dvc.yaml"):  # both run from the root
+        for stage in yaml.safe_load((tmp_path / dvc_yaml).read_text())["stages"].values():
+            for entry in stage.get("deps", []):
+                dep = tmp_path / entry
+                if dep.exists():
+                    continue
+                if dep.suffix:
+                    dep.parent.mkdir(parents=True, exist_ok=True)
+                    dep.write_text("{}")
+                else:
+                    dep.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = [sys.executable, "-m", "dvc", "repro", "--dry"]
+
+    def stages(*target: str) -> str:
+        out = subprocess.run([*dvc, *target], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    default = stages()
+    assert "'train_base'" in default and "distill_base" not in default
+    targeted = stages("pipelines/distill/dvc.yaml")
+    assert "'pipelines/distill/dvc.yaml:distill_base'" in targeted
+    assert "'train_base'" in targeted  # its teacher comes first
+    assert "'evaluate'" not in targeted
