@@ -100,7 +100,7 @@ def test_training_on_the_loss_moves_the_student_to_the_guided_teacher(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert any(p.abs().sum() > 0 for p in student.guidance_embed[2].parameters())
 
@@ -290,3 +290,76 @@ def test_the_distillation_pipeline_stays_out_of_the_default_dvc_repro(tmp_path: 
     assert "'pipelines/distill/dvc.yaml:distill_base'" in targeted
     assert "'train_base'" in targeted  # its teacher comes first
     assert "'evaluate'" not in targeted
+
+
+def test_ddim_step_with_the_true_x0_lands_on_the_same_noise_path() -> None:
+    from glide.guidance.distilled import ddim_step
+
+    diffusion = create_gaussian_diffusion(steps=1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t, s = torch.tensor([999, 600, 250]), torch.tensor([749, 300, -1])
+    x_t = diffusion.q_sample(x0, t, noise=noise)
+    landed = ddim_step(diffusion, x_t, t, s, x0)
+    expected = torch.cat([diffusion.q_sample(x0[:2], s[:2], noise=noise[:2]), x0[2:]])
+    assert torch.allclose(landed, expected, atol=1e-5)
+
+
+class _Oracle(torch.nn.Module):
+    """An eps model that always points at one image ``x0`` (for any caption and weight)."""
+
+    def __init__(self, diffusion, x0: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.diffusion, self.x0 = diffusion, x0
+
+    def forward(self, x, t, guidance=None, **kwargs):  # type: ignore[no-untyped-def]
+        abar = self.diffusion.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * self.x0) / (1 - abar).sqrt()
+
+
+def test_progressive_loss_is_zero_for_a_student_that_already_jumps_two_teacher_steps() -> None:
+    from glide.guidance.distilled import progressive_distillation_loss
+
+    diffusion = create_gaussian_diffusion(steps=1000)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 3, 8, 8, generator=g) * 1.6 - 0.8  # inside [-1, 1]: clipping is idle
+    teacher = _Oracle(diffusion, x0)
+    kw = {"steps": 4, "cond": {}, "noise": torch.randn(x0.shape, generator=g)}
+    step, w = torch.tensor([0, 1, 2, 3]), torch.full((4,), 3.0)
+    # the oracle's two DDIM steps land where its one step does: nothing left to learn
+    same = progressive_distillation_loss(teacher, teacher, diffusion, x0, step, w, **kw)
+    assert float(same.max()) < 1e-6
+    # a student off by 0.1 everywhere in x0 pays 0.01 times the truncated-SNR weight
+    off = _Oracle(diffusion, x0 + 0.1)
+    loss = progressive_distillation_loss(off, teacher, diffusion, x0, step, w, **kw)
+    t = torch.tensor([999, 749, 500, 250])
+    weight = diffusion.snr(t).clamp(min=1.0).float()
+    assert torch.allclose(loss, 0.01 * weight, rtol=1e-3)
+
+
+def test_progressive_training_moves_a_student_toward_its_teacher(teacher: LoadedModel) -> None:
+    from glide.guidance.distilled import progressive_distillation_loss
+
+    torch.manual_seed(0)
+    base = student_from_teacher(teacher.model, teacher.options)
+    with torch.no_grad():  # a stage-one student as the teacher: its weight embedding is live
+        for p in base.guidance_embed.parameters():
+            p.normal_(std=0.05)
+    frozen = base.eval().requires_grad_(False)
+    student = student_from_teacher(teacher.model, teacher.options)
+    student.load_state_dict(frozen.state_dict())
+    student.train()
+    diffusion = create_gaussian_diffusion(steps=1000)
+    x0, cond, _ = _batch(teacher)
+    kw = {"steps": 2, "cond": cond, "noise": torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))}  # fmt: skip
+    step, w = torch.tensor([0, 1, 0, 1]), torch.tensor([2.0, 2.0, 4.0, 4.0])
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        loss = progressive_distillation_loss(student, frozen, diffusion, x0, step, w, **kw).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -34,15 +34,31 @@ def _even_sections(num_timesteps: int, section_counts: Sequence[int]) -> set[int
     return steps
 
 
+def distillation_grid(num_timesteps: int, steps: int) -> list[int]:
+    """The ``steps`` model calls of a progressively distilled sampler, highest first:
+    ``round((T - 1) k / steps)`` for ``k = steps .. 1`` (then the step to ``x_0``).
+
+    It starts at ``T - 1`` (pure noise, unlike the DDIM stride) and halving nests: the grid of
+    ``N`` steps is every other point of the grid of ``2N``, so a student's one step spans exactly
+    two of its teacher's.
+    """
+    if not 1 <= steps < num_timesteps:
+        raise ValueError(f"a distillation grid needs 1 <= steps < {num_timesteps}, got {steps}")
+    return [round((num_timesteps - 1) * k / steps) for k in range(steps, 0, -1)]
+
+
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> set[int]:
     """Timesteps of a ``num_timesteps`` process to keep.
 
     ``section_counts`` is a list of per-section step counts or a string: ``"N"`` or ``"a,b,c"``
     (evenly strided within equal sections), ``"ddimN"`` (the integer stride of the DDIM paper
     that gives exactly N steps, starting at 0) or ``"fast27"`` (the release's 27-step schedule:
-    sections ``10,10,3,2,2`` with the last step ``T-1`` moved to ``T-3`` to tame the noisiest step).
+    sections ``10,10,3,2,2`` with the last step ``T-1`` moved to ``T-3`` to tame the noisiest step)
+    or ``"pdN"`` (:func:`distillation_grid`).
     """
     if isinstance(section_counts, str):
+        if section_counts.startswith("pd"):
+            return set(distillation_grid(num_timesteps, int(section_counts[len("pd") :])))
         if section_counts.startswith("ddim"):
             wanted = int(section_counts[len("ddim") :])
             for stride in range(1, num_timesteps):

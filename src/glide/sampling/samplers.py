@@ -7,6 +7,8 @@ name           what runs                                               steps
 ``fast27``     ``p_sample_loop`` on the release's 27-step schedule       27 (fixed)
 ``ddim``       :meth:`GaussianDiffusion.ddim_sample_loop` (``eta``)      ``steps`` (DDIM stride)
 ``dpm++``      :func:`dpm_solver_pp_2m_sample` on the full process       ``steps``
+``pd``         DDIM on :func:`distillation_grid`, the grid a            ``steps`` (default 4)
+               progressively distilled student learned (from ``T-1``)
 =============  ======================================================  ==================
 
 CLIP guidance (a ``cond_fn``) works with every sampler but ``dpm++``.
@@ -39,8 +41,8 @@ __all__ = [
     "sampler_diffusion",
 ]
 
-SAMPLERS = ("ancestral", "fast27", "ddim", "dpm++")
-_DEFAULT_STEPS = {"ancestral": 100, "fast27": 27, "ddim": 50, "dpm++": 20}
+SAMPLERS = ("ancestral", "fast27", "ddim", "dpm++", "pd")
+_DEFAULT_STEPS = {"ancestral": 100, "fast27": 27, "ddim": 50, "dpm++": 20, "pd": 4}
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class SamplerSpec:
 def parse_sampler(text: str, steps: int | None = None) -> SamplerSpec:
     """``"ddim"``, ``"ddim-25"``, ``"ddim25"``, ``"dpm++-10"``, ``"fast27"``; ``steps`` overrides
     a count in the name; without either, the sampler's default (ancestral 100, DDIM 50, dpm++ 20)."""
-    m = re.fullmatch(r"(ancestral|fast27|ddim|dpm\+\+)(?:[-_:]?(\d+))?", text.strip().lower())
+    m = re.fullmatch(r"(ancestral|fast27|ddim|dpm\+\+|pd)(?:[-_:]?(\d+))?", text.strip().lower())
     if not m or (m.group(1) == "fast27" and m.group(2)):
         raise ValueError(f"unknown sampler {text!r}; expected one of {SAMPLERS}, e.g. 'ddim-50'")
     name = m.group(1)
@@ -96,6 +98,8 @@ def _respacing(spec: DiffusionSpec, sampler: SamplerSpec) -> str:
             return str(sampler.steps)
     if sampler.name == "ancestral":
         return str(sampler.steps)
+    if sampler.name == "pd":
+        return f"pd{sampler.steps}"
     return ""  # dpm++ picks its grid on the full process
 
 
@@ -143,6 +147,6 @@ def run_sampler(
                 "(not dpm++)"
             )
         return dpm_solver_pp_2m_sample(process, model, shape, steps=sampler.steps, **common)
-    if sampler.name == "ddim":
+    if sampler.name in ("ddim", "pd"):
         return process.ddim_sample_loop(model, shape, eta=sampler.eta, cond_fn=cond_fn, **common)
     return process.p_sample_loop(model, shape, cond_fn=cond_fn, **common)
