@@ -287,7 +287,8 @@ def test_the_distillation_pipeline_stays_out_of_the_default_dvc_repro(tmp_path: 
     default = stages()
     assert "'train_base'" in default and "distill_base" not in default
     targeted = stages("pipelines/distill/dvc.yaml")
-    assert "'pipelines/distill/dvc.yaml:distill_base'" in targeted
+    for name in ("distill_base", "distill_pd8", "distill_pd4"):
+        assert f"'pipelines/distill/dvc.yaml:{name}'" in targeted
     assert "'train_base'" in targeted  # its teacher comes first
     assert "'evaluate'" not in targeted
 
@@ -363,3 +364,45 @@ def test_progressive_training_moves_a_student_toward_its_teacher(teacher: Loaded
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_a_progressive_round_trains_from_a_guided_student(tmp_path: Path) -> None:
+    from glide.models import load_preset
+    from glide.sampling import load_model_source
+    from glide.training import train
+    from tests.test_training_data import write_shards
+    from tests.test_training_modules import small_config
+
+    shards = write_shards(tmp_path / "shards", n=32, per_shard=16, size=64)
+    common = {"root": tmp_path, "experiment": "test",
+              "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # fmt: skip
+    base = train(small_config(shards, tmp_path, max_steps=1, num_threads=1), load_preset("tiny"), **common)  # fmt: skip
+    guided_cfg = small_config(shards, tmp_path, kind="distill", max_steps=1, num_threads=1)
+    guided_cfg = dataclasses.replace(
+        guided_cfg, distill=DistillConfig(teacher=str(base.model_path))
+    )
+    guided = train(guided_cfg, load_preset("tiny"), **common)
+
+    rounds = dataclasses.replace(
+        guided_cfg,
+        name="pd2",
+        out_dir=str(tmp_path / "models" / "pd2"),
+        max_steps=2,
+        distill=DistillConfig(mode="progressive", teacher=str(guided.model_path), steps=2),
+    )
+    result = train(rounds, load_preset("tiny"), **common)
+    loaded = load_model_source(str(result.model_path))
+    assert loaded.options["guidance_embed"] and result.step == 2
+    out = Cascade(loaded).generate(
+        ["a red circle"],
+        GenerationConfig(guidance_scale=3.0, sampler=parse_sampler("pd-2"), upsample=False),
+    )
+    assert out.base.shape == (1, 3, 32, 32)
+    # a progressive round needs a guidance-distilled teacher, not the plain base
+    wrong = dataclasses.replace(
+        rounds,
+        out_dir=str(tmp_path / "wrong"),
+        distill=DistillConfig(mode="progressive", teacher=str(base.model_path), steps=2),
+    )
+    with pytest.raises(ValueError, match="needs a guidance-distilled base"):
+        train(wrong, load_preset("tiny"), **common)

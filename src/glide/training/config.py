@@ -75,11 +75,23 @@ class InpaintConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Guided distillation of a trained base (kind ``distill``; Meng et al. 2023, stage one)."""
+    """Distillation of a trained base (kind ``distill``; Meng et al. 2023): ``guided`` gives a
+    plain base a guidance-weight input (stage one), ``progressive`` halves the DDIM steps of such
+    a student (stage two, one round per run: the teacher samples with ``2 * steps``)."""
 
+    mode: str = "guided"  # guided: learn w from a plain base | progressive: halve the steps
     teacher: str = "models/base/model.pt"  # exported base model: the student starts as it
     w_min: float = 1.0  # guidance weights drawn uniformly from [w_min, w_max] per example
     w_max: float = 8.0
+    steps: int = 8  # progressive: the student's steps (the teacher's are twice as many)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("guided", "progressive"):
+            raise ValueError(f"train.distill.mode must be guided or progressive, got {self.mode!r}")
+        if not 0 <= self.w_min <= self.w_max:
+            raise ValueError("train.distill needs 0 <= w_min <= w_max")
+        if self.steps < 1:
+            raise ValueError("train.distill.steps must be >= 1")
 
 
 @dataclass(frozen=True)

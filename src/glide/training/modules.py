@@ -32,10 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glide.diffusion import TrainingObjective, create_gaussian_diffusion, dpm_solver_pp_2m_sample
+from glide.diffusion import (
+    TrainingObjective,
+    create_gaussian_diffusion,
+    distillation_grid,
+    dpm_solver_pp_2m_sample,
+)
 from glide.diffusion.inpaint import inpaint_denoised_fn
 from glide.guidance import ClassifierFreeGuidance, classifier_free_batch
-from glide.guidance.distilled import WeightConditioned, guided_distillation_loss
+from glide.guidance.distilled import (
+    WeightConditioned,
+    guided_distillation_loss,
+    progressive_distillation_loss,
+)
 from glide.models.export import build_model
 from glide.text import EMPTY_CAPTION, Tokenizer, get_tokenizer
 from glide.training.config import TrainConfig
@@ -441,6 +450,23 @@ class DistillModule(Text2ImModule):
         if t is None:
             t = torch.randint(0, self.diffusion.num_timesteps, (n,), device=x0.device)
         w = d.w_min + (d.w_max - d.w_min) * torch.rand(n, device=x0.device)
+        if d.mode == "progressive":
+            step = torch.randint(0, d.steps, (n,), device=x0.device)
+            loss = progressive_distillation_loss(
+                model,
+                self.teacher,
+                self.diffusion,
+                x0,
+                step,
+                w,
+                steps=d.steps,
+                cond=self.conditioning(batch, x0),
+                noise=torch.randn_like(x0),
+            )
+            grid = torch.tensor(distillation_grid(self.diffusion.num_timesteps, d.steps))
+            t = grid.to(x0.device)[step]  # per-quartile logging reads timesteps
+            return {"loss": loss, "mse": loss, "vb": torch.zeros_like(loss), "t": t,
+                    "objective": loss.mean()}  # fmt: skip
         empty_tokens, empty_mask = self.tokenizer.batch([EMPTY_CAPTION], self.config.data.text_ctx)
         uncond = {"tokens": empty_tokens.to(x0.device), "mask": empty_mask.to(x0.device)}
         loss = guided_distillation_loss(
@@ -460,6 +486,19 @@ class DistillModule(Text2ImModule):
     def _sample(self, shape: tuple[int, ...], cond: dict[str, Tensor], **kw: Any) -> Tensor:
         s = self.config.sample
         g = torch.Generator(device=self.device).manual_seed(s.seed)
+        if self.config.distill.mode == "progressive":  # the grid the student learns
+            from glide.sampling.samplers import DiffusionSpec, SamplerSpec, run_sampler
+
+            c = self.config
+            return run_sampler(
+                WeightConditioned(self.ema.model, s.guidance_scale),
+                shape,
+                diffusion=DiffusionSpec(c.diffusion_steps, c.noise_schedule, c.parametrization),
+                sampler=SamplerSpec("pd", c.distill.steps),
+                model_kwargs=cond,
+                generator=g,
+                device=self.device,
+            )
         return dpm_solver_pp_2m_sample(
             self.diffusion,
             WeightConditioned(self.ema.model, s.guidance_scale),

@@ -391,8 +391,13 @@ def _load_teacher(config: TrainConfig, root: Path) -> torch.nn.Module:
     """The exported base model a distillation run learns from (checked against the config)."""
     path = root / config.distill.teacher
     teacher, meta = load_model(path)
-    if meta["kind"] != "base" or (meta.get("options") or {}).get("guidance_embed"):
-        raise ValueError(f"{config.distill.teacher} is not a base model to distil")
+    weighted = bool((meta.get("options") or {}).get("guidance_embed"))
+    if meta["kind"] != "base" or weighted != (config.distill.mode == "progressive"):
+        wanted = "a guidance-distilled base" if config.distill.mode == "progressive" else "a base"
+        raise ValueError(
+            f"train.distill.mode={config.distill.mode} needs {wanted} as its teacher; "
+            f"{config.distill.teacher} is not one"
+        )
     param = (meta.get("diffusion") or {}).get("parametrization", "eps")
     if param != config.parametrization:
         raise ValueError(
