@@ -10,6 +10,12 @@ release when its difference is no larger than the release's own spread across se
     python benchmarks/recipe_quality.py                       # models/ of `make run`, seeds 0,1
     python benchmarks/recipe_quality.py --seeds 0,1,2 --base-samplers dpm++-8 --upsamplers dpm++-8,ancestral-10
     python benchmarks/recipe_quality.py --json reports/recipe_quality.json
+    python benchmarks/recipe_quality.py --only-variants --recipes balanced \
+        --distilled models/base-distilled --seeds 0,1     # the distilled student vs its teacher
+
+``--distilled PATH`` adds the ``distilled`` recipe on that guidance-distilled base (its own
+sampler with ``--distilled-sampler``, e.g. ``pd-4`` for a progressive student), drawn from the
+same captions and seeds as the teacher's rows.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ def main() -> None:
     p.add_argument("--base-samplers", default="", help="fast variants' base, e.g. dpm++-8")
     p.add_argument("--upsamplers", default="", help="fast variants' upsampler, e.g. ancestral-10")
     p.add_argument("--only-variants", action="store_true", help="skip release and fast")
+    p.add_argument("--recipes", default="", help="extra named recipes, e.g. balanced")
+    p.add_argument("--distilled", default=None, help="a guidance-distilled base (recipe distilled)")
+    p.add_argument("--distilled-sampler", default=None, help="its base sampler, e.g. pd-4")
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH")
@@ -80,6 +89,14 @@ def main() -> None:
     )
     if args.only_variants:
         table = {k: v for k, v in table.items() if k not in ("release", "fast")}
+    for name in (n for n in args.recipes.split(",") if n):
+        table[name] = RECIPES[name]
+    distilled = load_model_source(args.distilled) if args.distilled else None
+    if distilled is not None:
+        table["distilled"] = RECIPES["distilled"]
+        if args.distilled_sampler:
+            spec = parse_sampler(args.distilled_sampler)
+            table["distilled"] = dataclasses.replace(table["distilled"], sampler=spec)
     results: dict[str, dict[str, Any]] = {name: {} for name in table}
     load = {"tokenizer_path": raw.get("tokenizer_path"), "device": raw.get("device", "cpu")}
     models = {
@@ -88,14 +105,15 @@ def main() -> None:
     }
     for seed in (int(s) for s in args.seeds.split(",")):
         config = EvaluateConfig.from_dict({**raw, "seed": seed})
-        ev = Evaluator(config, base=models["base"], upsampler=models["upsampler"], clip=models["clip"], log=lambda _: None)  # fmt: skip
+        ev = Evaluator(config, base=models["base"], upsampler=models["upsampler"], clip=models["clip"], distilled=distilled, log=lambda _: None)  # fmt: skip
         n = min(args.num_images, len(ev.captions))
         for name, recipe in table.items():
             gen = ev._generation(
                 guidance_scale=args.guidance_scale, upsample=True, **recipe.generation_kwargs()
             )
             start = time.perf_counter()
-            point = ev.run_point("sampler", f"recipe:{name}", gen, n)
+            cascade = ev.distilled if name == "distilled" else None
+            point = ev.run_point("sampler", f"recipe:{name}", gen, n, cascade=cascade)
             m = point.metrics
             results[name][str(seed)] = {**m, "wall_s": time.perf_counter() - start}
             lo, hi = m.get("caption_accuracy_ci95", (float("nan"), float("nan")))
