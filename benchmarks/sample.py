@@ -8,7 +8,11 @@ released ``base.pt`` / ``upsample.pt`` with ``--weights DIR``), one caption, gui
    project's parity-tested code, numerically the release;
 2. ``fast`` (DPM-Solver++ on both stages) and ``balanced`` (``glide sample``'s default: the fast
    base, the release's upsampler), from :data:`glide.sampling.RECIPES`;
-3. each lever alone on top of the release recipe, so the table shows where the time went.
+3. each lever alone on top of the release recipe, so the table shows where the time went;
+4. ``distilled``: the same architecture with a guidance-weight input (random weights, or
+   ``--distilled FILE``, a ``train=distill`` export's ``model.pt``), sampled with one row per
+   image (``--distilled-sampler``, default the recipe's; ``pd-4`` for a progressive student).
+   Another network, so no one-step difference to the release is reported.
 
 Each stage's time is its setup (token batches; the caption's encoding when cached) plus its
 sampler steps. ``--steps-only N`` runs N steps of each stage's sampler and extrapolates to the
@@ -60,6 +64,7 @@ from glide.sampling import (
     LoadedModel,
     Recipe,
     SamplerSpec,
+    parse_sampler,
     to_uint8,
 )
 from glide.text import Tokenizer
@@ -125,6 +130,26 @@ def build_models(
     return loaded[0], loaded[1]
 
 
+def build_student(base: LoadedModel, path: Path | None = None) -> LoadedModel:
+    """A guidance-distilled base of ``base``'s architecture: random (its weight embedding
+    perturbed like every other layer) or the exported student at ``path``."""
+    from glide.guidance.distilled import student_from_teacher
+    from glide.models.export import load_model
+
+    if path is not None:
+        model, _ = load_model(path)
+        version = str(path)
+    else:
+        torch.manual_seed(2)
+        model = student_from_teacher(base.model, base.options)
+        with torch.no_grad():
+            for p in model.guidance_embed.parameters():
+                p.normal_(std=0.02)
+        version = f"{base.version}, guidance-distilled"
+    options = {**base.options, "guidance_embed": True}
+    return dataclasses.replace(base, model=model.eval(), options=options, version=version)
+
+
 def with_execution(recipe: Recipe, **changes: Any) -> Recipe:
     return dataclasses.replace(recipe, execution=dataclasses.replace(recipe.execution, **changes))
 
@@ -133,6 +158,7 @@ def recipes_to_time(levers: bool) -> dict[str, Recipe]:
     """``release``, ``fast`` and (with ``levers``) each of the fast recipe's levers alone."""
     release, fast = RECIPES["release"], RECIPES["fast"]
     out = {"release": release, "fast": fast, "balanced": RECIPES["balanced"]}
+    out["distilled"] = RECIPES["distilled"]
     # The fast recipe with each precision forced, so the table shows what auto's choice cost
     # or saved on this machine (auto resolves to one of them).
     out["fast, fp32"] = with_execution(fast, precision="fp32")
@@ -289,6 +315,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base, up = build_models(args.preset, weights, args.upsample_size)
     cascade = Cascade(base, upsampler=up)
     recipes = recipes_to_time(not args.no_levers)
+    student = build_student(base, Path(args.distilled) if args.distilled else None)
+    if args.distilled_sampler:
+        spec = parse_sampler(args.distilled_sampler)
+        recipes["distilled"] = dataclasses.replace(recipes["distilled"], sampler=spec)
+    cascades = {"distilled": Cascade(student, upsampler=up)}
     skipped = skip_emulated_bf16(recipes) if not args.emulated_bf16 else {}
     mode = (
         f"{args.steps_only} step(s) per stage, extrapolated"
@@ -302,18 +333,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if skipped:
         print(f"skipped {', '.join(skipped)}: {next(iter(skipped.values()))}\n")
-    for recipe in recipes.values():  # warm-up: allocations, oneDNN primitives, lazy inits
-        time_recipe(cascade, recipe, steps=1)
+    for name, recipe in recipes.items():  # warm-up: allocations, oneDNN primitives, lazy inits
+        time_recipe(cascades.get(name, cascade), recipe, steps=1)
     reference = step_outputs(cascade, recipes["release"])
     rows: dict[str, dict[str, Any]] = {}
     for _ in range(args.rounds):  # interleaved rounds: the fastest of each is kept
         for name, recipe in recipes.items():
-            full = name in ("release", "balanced") or name.startswith("fast")
+            full = name in ("release", "balanced", "distilled") or name.startswith("fast")
             steps = args.steps_only or (None if full else args.lever_steps)
-            timing = time_recipe(cascade, recipe, steps=steps)
+            timing = time_recipe(cascades.get(name, cascade), recipe, steps=steps)
             if name not in rows or timing["total_s"] < rows[name]["total_s"]:
                 rows[name] = timing
     for name, recipe in recipes.items():
+        if name in cascades:  # another network: no difference to the release's to report
+            rows[name]["step_diff"] = None
+            continue
         outputs = step_outputs(cascade, recipe)
         rows[name]["step_diff"] = {k: difference(outputs[k], reference[k]) for k in outputs}
 
@@ -324,11 +358,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     for name, row in rows.items():
         d = row["step_diff"]
+        diff = "n/a (another network)"
+        if d is not None:
+            diff = (
+                f"{d['base']['max_abs']:.1e} {d['base']['rel_rms']:.1e}, "
+                f"{d['upsample']['max_abs']:.1e} {d['upsample']['rel_rms']:.1e}"
+            )
         print(
             f"{name:28s} {row['base']['seconds']:8.1f} {row['upsample']['seconds']:9.1f} "
             f"{row['total_s']:8.1f} {baseline / row['total_s']:9.2f} {row['precision']:>9s}  "
-            f"{d['base']['max_abs']:.1e} {d['base']['rel_rms']:.1e}, "
-            f"{d['upsample']['max_abs']:.1e} {d['upsample']['rel_rms']:.1e}"
+            + diff
         )
     fast = RECIPES["fast"]
     fastest = rows["fast"]  # glide sample's default; the forced-precision rows say what auto chose
@@ -414,6 +453,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="wall time, or this process's CPU time (with --threads 1: steady on a busy machine)",
     )
     p.add_argument("--no-levers", action="store_true", help="time release and fast only")
+    p.add_argument("--distilled", default=None, help="a train=distill export (default: random)")
+    p.add_argument("--distilled-sampler", default=None, help="its base sampler, e.g. pd-4")
     p.add_argument(
         "--emulated-bf16",
         action="store_true",

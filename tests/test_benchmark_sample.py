@@ -38,6 +38,9 @@ def test_sample_benchmark_steps_only_on_tiny(
     )
     assert data["recipe"]["name"] == "fast" and data["recipe"]["precision"] in ("fp32", "bf16")
     assert {"cores", "cpu_capability", "cpu_native_bf16", "cuda"} <= set(data["machine"])
+    distilled = data["stages"]["distilled"]  # a guidance-distilled student: one row per image
+    assert distilled["total_s"] > 0 and distilled["step_diff"] is None
+    assert "n/a (another network)" in printed
     levers = data["levers"]
     assert {"text cache", "channels_last", "sdpa"} <= set(levers)
     assert all(v > 0 for v in levers.values())
