@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,28 +44,21 @@ import torch
 from PIL import Image
 
 from glide.data.shapes import make_example
+from glide.precision import detect_hardware
 from glide.sampling import Cascade, GenerationConfig, get_recipe, load_model_source
 from glide.sampling.bulk import Caption, sample_captions
 
 HERE = Path(__file__).resolve().parent
 
 
+@functools.cache
 def _sample_benchmark() -> Any:
-    """benchmarks/sample.py (its random-weight model builder), loaded by path."""
+    """benchmarks/sample.py (its random-weight model builder), loaded by path once."""
     spec = importlib.util.spec_from_file_location("benchmark_sample", HERE / "sample.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _cpu_name() -> str:
-    for line in (
-        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    ):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def tiny_cascade(models: Path) -> tuple[Cascade, str]:
@@ -225,7 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         torch.set_num_threads(args.threads)
     sets = [s for s in args.sets.split(",") if s]
     print(
-        f"bulk sampling, {time.strftime('%Y-%m-%d')}, {_cpu_name()}, "
+        f"bulk sampling, {time.strftime('%Y-%m-%d')}, {detect_hardware().cpu_name}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     rows = []

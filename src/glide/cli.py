@@ -348,16 +348,13 @@ def _settings_digest(
 ) -> str:
     """What determines a drawn image besides its caption, as 16 hex digits (PNG ``settings``):
     the settings, the batch size (batched kernels round differently) and the weights."""
-    import hashlib
-    import json
-
+    from glide.config import config_digest
     from glide.models.export import model_digest
 
     fields = {**metadata, "generation": dataclasses.asdict(config)}
     fields["weights"] = [model_digest(m.model) for m in nets]
     fields["generation"].pop("progress")
-    text = json.dumps(fields, sort_keys=True, default=repr)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return config_digest(fields)
 
 
 def _samplers(

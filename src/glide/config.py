@@ -6,6 +6,7 @@ Pipeline entry points call :func:`compose`; the library itself only sees typed d
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def config_digest(fields: Mapping[str, Any]) -> str:
+    """16 hex digits hashing ``fields`` (JSON, keys sorted; non-JSON values by ``repr``): the key
+    of a configuration (evaluation image cache, ``glide sample``'s ``settings`` text chunk)."""
+    text = json.dumps(fields, sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def find_conf_dir() -> Path:

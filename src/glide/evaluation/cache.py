@@ -11,12 +11,10 @@ so images of two configurations are never mixed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,15 +22,8 @@ from PIL import Image
 from torch import Tensor
 
 from glide.io import atomic_path, atomic_write_text
-from glide.models.export import model_digest
 
-__all__ = ["PointCache", "config_key", "model_digest"]
-
-
-def config_key(fields: Mapping[str, Any]) -> str:
-    """16 hex digits hashing ``fields`` (JSON, keys sorted; non-JSON values by ``repr``)."""
-    text = json.dumps(fields, sort_keys=True, default=repr)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+__all__ = ["PointCache"]
 
 
 class PointCache:

@@ -154,7 +154,6 @@ class InceptionFID:
 
     def __init__(self, *, weights_path: str | Path | None = None, feature: int = 2048) -> None:
         path, reason = resolve_inception_weights(weights_path)
-        self.feature = feature
         self.metric = None
         self.status = MetricOutcome(None, reason)
         if path is None:
@@ -176,11 +175,6 @@ class InceptionFID:
     @property
     def available(self) -> bool:
         return self.metric is not None
-
-    @property
-    def dim(self) -> int:
-        """Feature width (``feature``: 2048 for FID's pool features)."""
-        return self.feature
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:

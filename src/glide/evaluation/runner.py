@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from glide.config import to_dataclass
+from glide.config import config_digest, to_dataclass
 from glide.data.oracle import parse_background
 from glide.data.shapes import to_base_resolution
-from glide.evaluation.cache import PointCache, config_key, model_digest
+from glide.evaluation.cache import PointCache
 from glide.evaluation.captions import (
     Verdict,
     accuracy_from_verdicts,
@@ -59,6 +59,7 @@ from glide.evaluation.distributed import World, chunks
 from glide.evaluation.frechet import FeatureStats, InceptionFID
 from glide.evaluation.inpaint import InpaintTask, inpaint_counts, make_inpaint_task
 from glide.models import NoisedCLIP
+from glide.models.export import model_digest
 from glide.sampling import (
     Cascade,
     GenerationConfig,
@@ -294,10 +295,6 @@ def _load_real(items: Sequence[CaptionedImage], size: int) -> Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _batches(x: Tensor, size: int) -> list[Tensor]:
-    return [x[i : i + size] for i in range(0, x.shape[0], size)]
-
-
 class Evaluator:
     """Runs the sweeps and the sampler table for loaded models (no tracking inside).
 
@@ -357,14 +354,11 @@ class Evaluator:
         if self.builtin:
             seen = {parse_background(to_base_resolution(item.load())) for item in items}
             self.world_background = seen.pop() if len(seen) == 1 else None
-        self.digests = {
-            name: model_digest(m.model)
-            for name, m in (("base", base), ("upsampler", upsampler), ("clip", clip))
-            if m is not None
-        }
-        for name, extra in (("inpaint", inpaint), ("distilled", distilled)):
-            if extra is not None:
-                self.digests[name] = model_digest(extra.model)
+        self._networks = {
+            "base": base, "upsampler": upsampler, "clip": clip,
+            "inpaint": inpaint, "distilled": distilled,
+        }  # fmt: skip
+        self._digests: dict[str, str | None] = {}
 
         self.features: NoisedCLIPScorer | None = None
         self.scorer: CLIPScorer | None = None
@@ -426,9 +420,9 @@ class Evaluator:
             for name, extract in extractors.items():
                 f = extract(images)
                 stats.setdefault(name, FeatureStats(f.shape[-1])).update(f)
-        return {name: self._reduced(stats.get(name), name) for name in extractors}
+        return {name: self._reduced(stats.get(name)) for name in extractors}
 
-    def _reduced(self, stats: FeatureStats | None, name: str) -> FeatureStats:
+    def _reduced(self, stats: FeatureStats | None) -> FeatureStats:
         """All-reduce one statistic; a rank without chunks contributes zeros of the right width."""
         dims = self.world.gather(None if stats is None else stats.total.numel())
         dim = next(d for d in dims if d is not None)
@@ -441,6 +435,14 @@ class Evaluator:
             self._real_stats[n] = self._stats_of(lambda idx: self.real[idx.start : idx.stop], n)
         return self._real_stats[n]
 
+    def _digest(self, name: str) -> str | None:
+        """The weights' digest of network ``name`` (hashed once, and only when a cache key
+        needs it: a 385M-parameter base takes seconds)."""
+        if name not in self._digests:
+            loaded = self._networks[name]
+            self._digests[name] = None if loaded is None else model_digest(loaded.model)
+        return self._digests[name]
+
     # ---------------------------------------------------------------------------- sweep points
     def _point_key(
         self, method: str, key: str, gen: GenerationConfig, n: int, k: int, cascade: Cascade
@@ -449,16 +451,16 @@ class Evaluator:
         uses_up = gen.upsample or k > 0
         precision = cascade.precision(gen.execution).name
         base = "distilled" if cascade is self.distilled else "base"
-        return config_key(
+        return config_digest(
             {
                 "point": f"{method}:{key}",
-                "base": self.digests[base],
-                "upsampler": self.digests.get("upsampler") if uses_up else None,
-                "clip": self.digests.get("clip") if gen.clip_guidance_scale else None,
+                "base": self._digest(base),
+                "upsampler": self._digest("upsampler") if uses_up else None,
+                "clip": self._digest("clip") if gen.clip_guidance_scale else None,
                 "generation": dataclasses.asdict(dataclasses.replace(gen, progress=False)),
                 "upsample_first": k,
                 "n": n,
-                "captions": config_key({"captions": self.captions[:n]}),
+                "captions": config_digest({"captions": self.captions[:n]}),
                 "device": torch.device(self.config.device).type,
                 "precision": precision,
             }
@@ -468,15 +470,16 @@ class Evaluator:
         self,
         label: str,
         n: int,
-        key: str,
+        key: Callable[[], str],
         make: Callable[[range], dict[str, Tensor]],
         enter: Callable[[], Any],
     ) -> PointCache | None:
         """Generate this rank's unfinished chunks of ``n`` images with ``make`` (inside the
-        context ``enter()``), keeping each finished chunk in the point's cache. Returns the cache
-        (``None`` without ``cache_dir``: then the images are only in :attr:`_memory`)."""
+        context ``enter()``), keeping each finished chunk in the point's cache under ``key()``.
+        Returns the cache (``None`` without ``cache_dir``: then the images are only in
+        :attr:`_memory`, and no key is computed)."""
         c, world = self.config, self.world
-        cache = PointCache(c.cache_dir, label, key) if c.cache_dir else None
+        cache = PointCache(c.cache_dir, label, key()) if c.cache_dir else None
         if cache is not None and world.is_main:
             cache.prune_other_keys()
         world.barrier()  # no rank writes into a folder the first is still pruning
@@ -563,7 +566,7 @@ class Evaluator:
         cache = self._generate_chunks(
             label,
             n,
-            self._point_key(method, key, gen, n, k, cascade),
+            lambda: self._point_key(method, key, gen, n, k, cascade),
             make,
             lambda: cascade.running(gen),
         )
@@ -687,15 +690,17 @@ class Evaluator:
             )
             return {"": low}
 
-        key = config_key(
-            {
-                "inpaint": self.digests["inpaint"],
-                "generation": dataclasses.asdict(gen),
-                "tasks": config_key({"tasks": [(t.caption, t.label) for t in tasks]}),
-                "device": torch.device(self.config.device).type,
-                "precision": cascade.precision(gen.execution).name,
-            }
-        )
+        def key() -> str:
+            return config_digest(
+                {
+                    "inpaint": self._digest("inpaint"),
+                    "generation": dataclasses.asdict(gen),
+                    "tasks": config_digest({"tasks": [(t.caption, t.label) for t in tasks]}),
+                    "device": torch.device(self.config.device).type,
+                    "precision": cascade.precision(gen.execution).name,
+                }
+            )
+
         cache = self._generate_chunks("inpaint", n, key, make, lambda: cascade.running(gen))
         mine = []
         for number, idx in chunks(n, self.config.batch_size):

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from glide.diffusion.gaussian_diffusion import GaussianDiffusion, Model
 from glide.diffusion.losses import mean_flat
@@ -35,6 +35,7 @@ __all__ = [
     "WeightConditioned",
     "ddim_step",
     "guided_distillation_loss",
+    "load_teacher_weights",
     "progressive_distillation_loss",
     "student_from_teacher",
 ]
@@ -43,12 +44,18 @@ __all__ = [
 def student_from_teacher(teacher: Text2ImUNet, options: Mapping[str, Any]) -> Text2ImUNet:
     """A guidance-conditioned copy of ``teacher`` (built from its release-style ``options``)."""
     student = from_openai_options({**options, "guidance_embed": True})
+    load_teacher_weights(student, teacher)
+    return student.to(next(teacher.parameters()).device)
+
+
+def load_teacher_weights(student: nn.Module, teacher: nn.Module) -> None:
+    """Copy ``teacher``'s weights into ``student``; only a guidance embedding the teacher lacks
+    may stay as the student has it (zero: the student starts as the teacher)."""
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     if unexpected or any(not k.startswith("guidance_embed.") for k in missing):
         raise ValueError(
-            f"the teacher does not match its options: missing {missing}, unexpected {unexpected}"
+            f"the teacher does not fit the student: missing {missing}, unexpected {unexpected}"
         )
-    return student.to(next(teacher.parameters()).device)
 
 
 def guided_distillation_loss(

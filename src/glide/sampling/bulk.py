@@ -130,12 +130,10 @@ def sample_captions(
 
 def _finished(path: Path, caption: Caption) -> bool:
     """Whether ``path`` holds an image drawn with ``caption``'s settings."""
-    if not path.is_file():
-        return False
     try:
         with Image.open(path) as img:
             return img.text.get("settings") == str(caption.metadata.get("settings"))  # type: ignore[attr-defined]
-    except OSError:  # a damaged file is drawn again
+    except OSError:  # missing, or damaged: drawn again
         return False
 
 
@@ -144,13 +142,16 @@ def _grid_when_complete(
 ) -> bool:
     """Write a caption's grid once all its images are on disk (from any process)."""
     grid, images = paths
-    if (_finished(grid, caption) and not overwrite) or not all(
-        _finished(p, caption) for p in images
-    ):
+    if _finished(grid, caption) and not overwrite:
         return False
     tiles = []
-    for path in images:
-        with Image.open(path) as img:
-            tiles.append(img.convert("RGB"))
+    for path in images:  # each image read once: its settings checked, its pixels kept
+        try:
+            with Image.open(path) as img:
+                if img.text.get("settings") != str(caption.metadata.get("settings")):  # type: ignore[attr-defined]
+                    return False
+                tiles.append(img.convert("RGB"))
+        except OSError:
+            return False
     _save_png(image_grid(tiles), grid, caption.metadata)
     return True

@@ -43,6 +43,7 @@ from glide.guidance import ClassifierFreeGuidance, classifier_free_batch
 from glide.guidance.distilled import (
     WeightConditioned,
     guided_distillation_loss,
+    load_teacher_weights,
     progressive_distillation_loss,
 )
 from glide.models.export import build_model
@@ -435,9 +436,7 @@ class DistillModule(Text2ImModule):
         teacher.eval().requires_grad_(False)
         self._teacher[:] = [teacher]
         if init_student:
-            missing, unexpected = self.model.load_state_dict(teacher.state_dict(), strict=False)
-            if unexpected or any(not k.startswith("guidance_embed.") for k in missing):
-                raise ValueError(f"the teacher does not fit the student: {missing}, {unexpected}")
+            load_teacher_weights(self.model, teacher)
             self.ema.model.load_state_dict(self.model.state_dict())
 
     def on_fit_start(self) -> None:
@@ -450,6 +449,7 @@ class DistillModule(Text2ImModule):
         if t is None:
             t = torch.randint(0, self.diffusion.num_timesteps, (n,), device=x0.device)
         w = d.w_min + (d.w_max - d.w_min) * torch.rand(n, device=x0.device)
+        cond = self.conditioning(batch, x0)
         if d.mode == "progressive":
             step = torch.randint(0, d.steps, (n,), device=x0.device)
             loss = progressive_distillation_loss(
@@ -460,26 +460,25 @@ class DistillModule(Text2ImModule):
                 step,
                 w,
                 steps=d.steps,
-                cond=self.conditioning(batch, x0),
+                cond=cond,
                 noise=torch.randn_like(x0),
             )
             grid = torch.tensor(distillation_grid(self.diffusion.num_timesteps, d.steps))
             t = grid.to(x0.device)[step]  # per-quartile logging reads timesteps
-            return {"loss": loss, "mse": loss, "vb": torch.zeros_like(loss), "t": t,
-                    "objective": loss.mean()}  # fmt: skip
-        empty_tokens, empty_mask = self.tokenizer.batch([EMPTY_CAPTION], self.config.data.text_ctx)
-        uncond = {"tokens": empty_tokens.to(x0.device), "mask": empty_mask.to(x0.device)}
-        loss = guided_distillation_loss(
-            model,
-            self.teacher,
-            self.diffusion,
-            x0,
-            t,
-            w,
-            cond=self.conditioning(batch, x0),
-            uncond=uncond,
-            noise=torch.randn_like(x0),
-        )
+        else:
+            empty = self.tokenizer.batch([EMPTY_CAPTION], self.config.data.text_ctx)
+            uncond = {"tokens": empty[0].to(x0.device), "mask": empty[1].to(x0.device)}
+            loss = guided_distillation_loss(
+                model,
+                self.teacher,
+                self.diffusion,
+                x0,
+                t,
+                w,
+                cond=cond,
+                uncond=uncond,
+                noise=torch.randn_like(x0),
+            )
         return {"loss": loss, "mse": loss, "vb": torch.zeros_like(loss), "t": t,
                 "objective": loss.mean()}  # fmt: skip
 

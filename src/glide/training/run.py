@@ -387,22 +387,32 @@ def _resume_from(config: TrainConfig, key: str) -> Path | None:
     return path
 
 
-def _load_teacher(config: TrainConfig, root: Path) -> torch.nn.Module:
-    """The exported base model a distillation run learns from (checked against the config)."""
-    path = root / config.distill.teacher
-    teacher, meta = load_model(path)
-    weighted = bool((meta.get("options") or {}).get("guidance_embed"))
-    if meta["kind"] != "base" or weighted != (config.distill.mode == "progressive"):
-        wanted = "a guidance-distilled base" if config.distill.mode == "progressive" else "a base"
-        raise ValueError(
-            f"train.distill.mode={config.distill.mode} needs {wanted} as its teacher; "
-            f"{config.distill.teacher} is not one"
-        )
+def _load_base(
+    config: TrainConfig, root: Path, rel: str, why: str
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """An exported base model a run starts from (inpainting) or learns from (distillation):
+    it must be a base and predict what this run's ``parametrization`` says (``why`` if not)."""
+    model, meta = load_model(root / rel)
+    if meta["kind"] != "base":
+        raise ValueError(f"{rel} is a {meta['kind']} model, not a base")
     param = (meta.get("diffusion") or {}).get("parametrization", "eps")
     if param != config.parametrization:
         raise ValueError(
-            f"{config.distill.teacher} predicts {param!r} but train.parametrization is "
-            f"{config.parametrization!r}: the student must keep the teacher's"
+            f"{rel} predicts {param!r} but train.parametrization is "
+            f"{config.parametrization!r}: {why}"
+        )
+    return model, meta
+
+
+def _load_teacher(config: TrainConfig, root: Path) -> torch.nn.Module:
+    """The exported base model a distillation run learns from (checked against the config)."""
+    d = config.distill
+    teacher, meta = _load_base(config, root, d.teacher, "the student must keep the teacher's")
+    weighted = bool((meta.get("options") or {}).get("guidance_embed"))
+    if weighted != (d.mode == "progressive"):
+        wanted = "a guidance-distilled base" if d.mode == "progressive" else "a base"
+        raise ValueError(
+            f"train.distill.mode={d.mode} needs {wanted} as its teacher; {d.teacher} is not one"
         )
     return teacher
 
@@ -495,15 +505,9 @@ def _train(
         )
     module = build_module(config, options)
     if isinstance(module, InpaintModule) and config.inpaint.init_from and ckpt_path is None:
-        base, meta = load_model(root / config.inpaint.init_from)
-        if meta["kind"] != "base":
-            raise ValueError(f"{config.inpaint.init_from} is a {meta['kind']} model, not a base")
-        base_param = (meta.get("diffusion") or {}).get("parametrization", "eps")
-        if base_param != config.parametrization:
-            raise ValueError(
-                f"{config.inpaint.init_from} predicts {base_param!r} but train.parametrization is "
-                f"{config.parametrization!r}: the inpainting fine-tune must keep the base's"
-            )
+        base, _ = _load_base(
+            config, root, config.inpaint.init_from, "the inpainting fine-tune must keep the base's"
+        )
         widened = module.init_from_base(base.state_dict())
         log.info(
             "inpainting initialised from %s (zero-initialised: %s)",
