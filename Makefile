@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: params
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-# Guided distillation of the trained base (pipelines/distill/dvc.yaml): outside `make run`'s
+# Distillation of the trained base and upsampler, its evaluation and registry versions
+# (pipelines/distill/dvc.yaml): outside `make run`'s
 # default pipeline (its 30-minute budget); brings models/base up to date first.
 distill: params
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro pipelines/distill/dvc.yaml

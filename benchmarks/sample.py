@@ -9,10 +9,11 @@ released ``base.pt`` / ``upsample.pt`` with ``--weights DIR``), one caption, gui
 2. ``fast`` (DPM-Solver++ on both stages) and ``balanced`` (``glide sample``'s default: the fast
    base, the release's upsampler), from :data:`glide.sampling.RECIPES`;
 3. each lever alone on top of the release recipe, so the table shows where the time went;
-4. ``distilled``: the same architecture with a guidance-weight input (random weights, or
-   ``--distilled FILE``, a ``train=distill`` export's ``model.pt``), sampled with one row per
-   image (``--distilled-sampler``, default the recipe's; ``pd-4`` for a progressive student).
-   Another network, so no one-step difference to the release is reported.
+4. ``distilled``: the same architectures distilled (random weights, or ``--distilled FILE`` /
+   ``--distilled-upsampler FILE``, exports of ``make distill``): the base with a guidance-weight
+   input, one row per image, in the recipe's 4 steps (``pd-4``), the upsampler in 2 (``pd-2``);
+   ``--distilled-sampler`` / ``--distilled-upsample-sampler`` change them. Other networks, so
+   no one-step difference to the release is reported.
 
 Each stage's time is its setup (token batches; the caption's encoding when cached) plus its
 sampler steps. ``--steps-only N`` runs N steps of each stage's sampler and extrapolates to the
@@ -54,6 +55,7 @@ from typing import Any
 import torch
 
 from glide.models import from_openai_options, load_openai_checkpoint, load_preset
+from glide.models.export import load_model
 from glide.models.nn import perturb_
 from glide.precision import detect_hardware
 from glide.sampling import (
@@ -134,7 +136,6 @@ def build_student(base: LoadedModel, path: Path | None = None) -> LoadedModel:
     """A guidance-distilled base of ``base``'s architecture: random (its weight embedding
     perturbed like every other layer) or the exported student at ``path``."""
     from glide.guidance.distilled import student_from_teacher
-    from glide.models.export import load_model
 
     if path is not None:
         model, _ = load_model(path)
@@ -319,7 +320,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.distilled_sampler:
         spec = parse_sampler(args.distilled_sampler)
         recipes["distilled"] = dataclasses.replace(recipes["distilled"], sampler=spec)
-    cascades = {"distilled": Cascade(student, upsampler=up)}
+    if args.distilled_upsample_sampler:
+        spec = parse_sampler(args.distilled_upsample_sampler)
+        recipes["distilled"] = dataclasses.replace(recipes["distilled"], upsample_sampler=spec)
+    student_up = up  # the distilled upsampler is the upsampler's network: the same cost
+    if args.distilled_upsampler:
+        model, _ = load_model(Path(args.distilled_upsampler))
+        student_up = dataclasses.replace(up, model=model.eval(), version=args.distilled_upsampler)
+    cascades = {"distilled": Cascade(student, upsampler=student_up)}
     skipped = skip_emulated_bf16(recipes) if not args.emulated_bf16 else {}
     mode = (
         f"{args.steps_only} step(s) per stage, extrapolated"
@@ -390,6 +398,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"final images, fast vs release from the same seed: mean |diff| "
             f"{image_diff['mean_abs_8bit']:.1f} / 255 (different trajectories: fewer steps)"
         )
+    distilled = rows["distilled"]
+    dist = recipes["distilled"]
+    print(
+        f"distilled recipe {distilled['total_s']:.1f} s "
+        f"({baseline / distilled['total_s']:.2f}x release, {distilled['total_s'] / baseline:.4f} "
+        f"of its cost): base {dist.sampler.label} one row + upsampler "
+        f"{dist.upsample_sampler.label}"
+    )
     precision = cascade.precision(fast.execution)
     print(f"precision auto: {precision.name} ({precision.reason})")
     if best != "fast":
@@ -405,6 +421,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fastest_s_per_image": fastest["total_s"],
         "ratio": ratio,
         "fastest_row": {"name": best, "s_per_image": rows[best]["total_s"]},
+        "distilled": {
+            "s_per_image": distilled["total_s"],
+            "ratio": baseline / distilled["total_s"],
+            "sampler": dist.sampler.label,
+            "upsample_sampler": dist.upsample_sampler.label,
+        },
         "recipe": {
             "name": fast.name,
             "sampler": fast.sampler.label,
@@ -454,7 +476,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-levers", action="store_true", help="time release and fast only")
     p.add_argument("--distilled", default=None, help="a train=distill export (default: random)")
-    p.add_argument("--distilled-sampler", default=None, help="its base sampler, e.g. pd-4")
+    p.add_argument("--distilled-sampler", default=None, help="its base sampler, e.g. pd-8")
+    p.add_argument(
+        "--distilled-upsampler", default=None, help="a distilled upsampler export (default: random)"
+    )
+    p.add_argument(
+        "--distilled-upsample-sampler", default=None, help="its sampler, e.g. pd-4 (default pd-2)"
+    )
     p.add_argument(
         "--emulated-bf16",
         action="store_true",

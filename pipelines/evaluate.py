@@ -7,7 +7,9 @@ Reads the COCO-format set ``evaluate.captions`` (default: the val export of ``pr
 models ``evaluate.base`` / ``upsampler`` / ``clip`` (default: ``models/*`` from training).
 Writes ``metrics/evaluate.json`` (``{"cfg": {scale: metrics}, "clip": ..., "samplers": ...}``),
 ``plots/guidance.csv`` and ``plots/samplers.csv`` (``dvc plots``), ``plots/guidance_pareto.png``
-and one sample grid per point under ``reports/evaluate/``; logs one MLflow run.
+and one sample grid per point under ``reports/evaluate/``; logs one MLflow run. Another
+``evaluate.name`` (``evaluate=distilled``: ``evaluate_distilled``) writes
+``metrics/<name>.json``, ``plots/<name>/`` and ``reports/<name>/`` instead.
 
 Under ``torchrun`` (or ``srun``) every rank generates and measures its share of each point's
 captions; the first rank alone writes the outputs and the MLflow run. Finished images are kept in
@@ -42,9 +44,13 @@ from glide.stage import run_stage
 from glide.tracking import tracked_run
 from glide.tracking.datasets import coco_dataset, link_inputs, load_prepare_stats
 
-METRICS_FILE = Path("metrics/evaluate.json")
-PLOTS_DIR = Path("plots")
-REPORTS_DIR = Path("reports/evaluate")
+
+def _outputs(name: str) -> tuple[Path, Path, Path]:
+    """The metrics file, plots folder and grid folder of an evaluation called ``name``
+    (``evaluate.name``: ``evaluate`` for the main pipeline's stage, ``evaluate_distilled`` for
+    the distillation pipeline's)."""
+    plots = Path("plots") if name == "evaluate" else Path("plots") / name
+    return Path(f"metrics/{name}.json"), plots, Path("reports") / name
 
 
 def _overrides(argv: list[str]) -> list[str]:
@@ -84,6 +90,8 @@ def _evaluate(config: EvaluateConfig, world: World) -> Any:
     clip = load_model_source(config.clip, **load) if config.clip else None
     inpaint = load_model_source(config.inpaint, **load) if config.inpaint else None
     distilled = load_model_source(config.distilled, **load) if config.distilled else None
+    up = config.distilled_upsampler
+    distilled_upsampler = load_model_source(up, **load) if distilled and up else None
     evaluator = Evaluator(
         config,
         base=base,
@@ -91,6 +99,7 @@ def _evaluate(config: EvaluateConfig, world: World) -> Any:
         clip=clip,
         inpaint=inpaint,
         distilled=distilled,
+        distilled_upsampler=distilled_upsampler,
         world=world,
     )
     return evaluator.run()
@@ -113,12 +122,13 @@ def main(argv: list[str]) -> int:
 
 def _main_rank(cfg: Any, config: EvaluateConfig, world: World) -> int:
     root = project_root()
+    metrics_file, plots_dir, reports_dir = _outputs(config.name)
     with tracked_run(
         root=root,
         experiment=cfg["experiment"],
-        run_name="evaluate",
+        run_name=config.name,
         params={"seed": cfg["seed"], "evaluate": cfg["evaluate"]},
-        tags={"stage": "evaluate", "processes": str(world.size)},
+        tags={"stage": config.name, "processes": str(world.size)},
         uri=cfg["tracking_uri"],
     ) as mlflow:
         run_id = mlflow.active_run().info.run_id
@@ -136,20 +146,22 @@ def _main_rank(cfg: Any, config: EvaluateConfig, world: World) -> int:
         metrics = result.metrics_json()
         metrics["info"]["mlflow_run_id"] = run_id  # the register stage links versions to it
 
-        atomic_write_text(METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        guidance_csv = write_csv(
-            PLOTS_DIR / "guidance.csv", guidance_rows(metrics), GUIDANCE_COLUMNS
-        )
-        samplers_csv = write_csv(PLOTS_DIR / "samplers.csv", sampler_rows(metrics), SAMPLER_COLUMNS)
-        pareto = write_pareto_plot(PLOTS_DIR / "guidance_pareto.png", metrics)
-        REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-        for stale in REPORTS_DIR.glob("*.png"):
+        atomic_write_text(metrics_file, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        written = [metrics_file]
+        if metrics.get("cfg") or metrics.get("clip"):  # no guidance sweep: no guidance plots
+            rows = guidance_rows(metrics)
+            written.append(write_csv(plots_dir / "guidance.csv", rows, GUIDANCE_COLUMNS))
+            written.append(write_pareto_plot(plots_dir / "guidance_pareto.png", metrics))
+        rows = sampler_rows(metrics)
+        written.append(write_csv(plots_dir / "samplers.csv", rows, SAMPLER_COLUMNS))
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        for stale in reports_dir.glob("*.png"):
             stale.unlink()
         extra = [result.inpaint] if result.inpaint is not None else []
         for point in [*result.points, *extra]:
             name = point.method if point.method == "inpaint" else f"{point.method}_{point.key}"
             name = name.replace("+", "p")
-            path = REPORTS_DIR / f"{name}.png"
+            path = reports_dir / f"{name}.png"
             assert point.grid is not None  # the first rank has every grid
             with atomic_path(path) as tmp:
                 point.grid.save(tmp, format="PNG")
@@ -158,11 +170,11 @@ def _main_rank(cfg: Any, config: EvaluateConfig, world: World) -> int:
         mlflow.log_metrics(_flat_metrics(metrics))
         for reason_key, reason in result.unavailable.items():
             mlflow.set_tag(f"unavailable.{reason_key}", reason[:5000])
-        for path in (METRICS_FILE, guidance_csv, samplers_csv, pareto):
+        for path in written:
             mlflow.log_artifact(str(path))
 
     summary = metrics["summary"]
-    print(f"evaluate: wrote {METRICS_FILE}, {guidance_csv}, {samplers_csv}, {pareto}")
+    print(f"{config.name}: wrote {', '.join(map(str, written))}")
     for key in sorted(summary):
         print(f"  {key} = {summary[key]:.4g}")
     for key, reason in result.unavailable.items():

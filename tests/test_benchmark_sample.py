@@ -40,6 +40,12 @@ def test_sample_benchmark_steps_only_on_tiny(
     assert {"cores", "cpu_capability", "cpu_native_bf16", "cuda"} <= set(data["machine"])
     distilled = data["stages"]["distilled"]  # a guidance-distilled student: one row per image
     assert distilled["total_s"] > 0 and distilled["step_diff"] is None
+    # the distilled recipe: 4 one-row base steps and 2 upsampler steps, extrapolated from 1
+    assert (distilled["base"]["steps"], distilled["upsample"]["steps"]) == (4, 2)
+    assert data["distilled"]["ratio"] == pytest.approx(
+        data["baseline_s_per_image"] / distilled["total_s"]
+    )
+    assert "distilled recipe" in printed and "base pd-4 one row + upsampler pd-2" in printed
     assert "n/a (another network)" in printed
     levers = data["levers"]
     assert {"text cache", "channels_last", "sdpa"} <= set(levers)

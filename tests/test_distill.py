@@ -166,7 +166,8 @@ def test_distill_kind_trains_from_an_exported_teacher_and_exports_a_sampler_read
         train(wrong, load_preset("tiny"), **common)
 
 
-def _save_student(teacher: LoadedModel, path: Path) -> Path:
+def _save_student(teacher: LoadedModel, path: Path, sampler: str | None = None) -> Path:
+    """A guidance-distilled micro student; ``sampler``: the grid a progressive round taught it."""
     from glide.models.export import save_model
 
     student = student_from_teacher(teacher.model, teacher.options)
@@ -180,6 +181,7 @@ def _save_student(teacher: LoadedModel, path: Path) -> Path:
         options={**teacher.options, "guidance_embed": True},
         tokenizer="clip",
         diffusion={"steps": teacher.diffusion.steps, "noise_schedule": "squaredcos_cap_v2"},
+        extra={"sampler": sampler} if sampler else None,
     )
 
 
@@ -192,7 +194,7 @@ def test_glide_sample_recipe_distilled_reads_the_distilled_base(
     from glide.cli import main
     from glide.models.export import save_model
 
-    _save_student(teacher, tmp_path / "models" / "base-distilled" / "model.pt")
+    _save_student(teacher, tmp_path / "models" / "base-distilled-pd4" / "model.pt", "pd-2")
     plain = save_model(
         tmp_path / "teacher" / "model.pt",
         teacher.model,
@@ -208,7 +210,12 @@ def test_glide_sample_recipe_distilled_reads_the_distilled_base(
     from PIL import Image
 
     with Image.open(tmp_path / "out_000.png") as img:
-        assert "base-distilled" in img.text["model_version"] and img.text["recipe"] == "distilled"
+        assert "base-distilled-pd4" in img.text["model_version"]
+        assert img.text["recipe"] == "distilled" and img.text["sampler"] == "dpm++-2"
+    # without --sampler the student samples on the grid its export names
+    assert main([*args, "--base-only", "--no-progress", "--out", "hint.png"]) == 0
+    with Image.open(tmp_path / "hint_000.png") as img:
+        assert img.text["sampler"] == "pd-2"
     capsys.readouterr()
     assert main([*args, *fast, "--base", str(plain)]) == 2
     assert "needs a guidance-distilled base" in capsys.readouterr().err
@@ -287,10 +294,15 @@ def test_the_distillation_pipeline_stays_out_of_the_default_dvc_repro(tmp_path: 
     default = stages()
     assert "'train_base'" in default and "distill_base" not in default
     targeted = stages("pipelines/distill/dvc.yaml")
-    for name in ("distill_base", "distill_pd8", "distill_pd4"):
-        assert f"'pipelines/distill/dvc.yaml:{name}'" in targeted
-    assert "'train_base'" in targeted  # its teacher comes first
-    assert "'evaluate'" not in targeted
+    names = ("distill_base", "distill_pd8", "distill_pd4", "distill_upsampler_pd8",
+             "distill_upsampler_pd4", "distill_upsampler_pd2", "evaluate_distilled",
+             "register_distilled")  # fmt: skip
+    at = [targeted.find(f"'pipelines/distill/dvc.yaml:{name}'") for name in names]
+    assert -1 not in at, targeted
+    # each round after its teacher; evaluation after both students, registry last
+    assert at[0] < at[1] < at[2] < at[6] and at[3] < at[4] < at[5] < at[6] < at[7]
+    assert "'train_base'" in targeted  # the teachers come first
+    assert "'evaluate'" not in targeted and "'register'" not in targeted
 
 
 def test_ddim_step_with_the_true_x0_lands_on_the_same_noise_path() -> None:
@@ -406,3 +418,66 @@ def test_a_progressive_round_trains_from_a_guided_student(tmp_path: Path) -> Non
     )
     with pytest.raises(ValueError, match="needs a guidance-distilled base"):
         train(wrong, load_preset("tiny"), **common)
+
+
+def test_an_upsampler_round_halves_its_steps_without_a_guidance_input(tmp_path: Path) -> None:
+    from glide.models import load_preset
+    from glide.models.export import read_metadata
+    from glide.sampling import load_model_source
+    from glide.training import train
+    from tests.test_training_data import write_shards
+    from tests.test_training_modules import small_config
+
+    shards = write_shards(tmp_path / "shards", n=32, per_shard=16, size=64)
+    common = {"root": tmp_path, "experiment": "test",
+              "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # fmt: skip
+    up_cfg = small_config(shards, tmp_path, kind="upsample", max_steps=1, num_threads=1)
+    teacher = train(up_cfg, load_preset("tiny"), **common)
+    cfg = dataclasses.replace(
+        up_cfg,
+        kind="distill",
+        name="up-pd2",
+        out_dir=str(tmp_path / "models" / "up-pd2"),
+        max_steps=2,
+        distill=DistillConfig(mode="progressive", teacher=str(teacher.model_path), steps=2),
+    )
+    result = train(cfg, load_preset("tiny"), **common)
+    assert result.step == 2 and result.model_path is not None
+    student = load_model_source(str(result.model_path))
+    assert student.kind == "upsample" and not student.options.get("guidance_embed")
+    assert read_metadata(result.model_path)["extra"]["sampler"] == "pd-2"
+    before = load_model_source(str(teacher.model_path)).model.state_dict()
+    moved = [k for k, v in student.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved, "the round did not train the student"
+    base = micro_model("base")
+    out = Cascade(base, upsampler=student).generate(
+        ["a red circle"],
+        GenerationConfig(
+            guidance_scale=1.0,
+            sampler=parse_sampler("ddim-2"),
+            upsample_sampler=parse_sampler("pd-2"),
+        ),
+    )
+    assert out.final.shape == (1, 3, 32, 32) and out.final.float().std() > 0  # the micro pair
+    # the upsampler is sampled unguided: a guided round of it is refused with the reason
+    guided = dataclasses.replace(
+        cfg, out_dir=str(tmp_path / "g"), distill=DistillConfig(teacher=str(teacher.model_path))
+    )
+    with pytest.raises(ValueError, match="no guidance to distil"):
+        train(guided, load_preset("tiny"), **common)
+
+
+def test_the_distilled_recipe_samples_each_student_on_the_grid_it_learned() -> None:
+    from glide.sampling import RECIPES, for_models
+
+    recipe = RECIPES["distilled"]
+    assert (recipe.sampler.label, recipe.upsample_sampler.label) == ("pd-4", "pd-2")
+    pd4 = dataclasses.replace(micro_model("base"), sampler="pd-4")
+    up_pd2 = dataclasses.replace(micro_model("upsample"), sampler="pd-2")
+    both = for_models(recipe, pd4, up_pd2)
+    assert (both.sampler.label, both.upsample_sampler.label) == ("pd-4", "pd-2")
+    assert both.upsample_temperature == 1.0  # the students learned from unscaled noise
+    stage_one = for_models(recipe, micro_model("base"), micro_model("upsample"))
+    assert (stage_one.sampler.label, stage_one.upsample_sampler.label) == ("dpm++-10", "fast27")
+    assert stage_one.upsample_temperature == 0.997  # the release's, for a plain upsampler
+    assert for_models(RECIPES["balanced"], pd4, up_pd2) is RECIPES["balanced"]

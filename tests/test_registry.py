@@ -478,3 +478,72 @@ def test_version_tags_stay_bounded_and_link_the_evaluate_run(store: Store) -> No
     assert candidate["cfg.7.clip_score"] == pytest.approx(7.1)
     verdict = evaluate_gate(candidate, None, wider)
     assert verdict.passed and verdict.reasons[0].startswith("ok cfg.7.clip_score=7.1")
+
+
+# -- distilled models: their own names, gated against the teacher's row ------------------------
+
+DIST = "samplers.recipe:distilled."
+TEACHER = "samplers.recipe:balanced."
+
+
+def _distilled_metrics(exact: float, background: float, teacher_exact: float = 0.6) -> dict:
+    return {
+        f"{DIST}caption_accuracy_single": exact,
+        f"{DIST}attributes_single.color": 1.0,
+        f"{DIST}attributes_single.background": background,
+        f"{TEACHER}caption_accuracy_single": teacher_exact,
+        f"{TEACHER}attributes_single.color": 1.0,
+        f"{TEACHER}attributes_single.background": 1.0,
+    }
+
+
+def test_gate_baseline_rule_compares_with_the_teachers_row_not_the_champion() -> None:
+    from glide.config import compose
+
+    gate = PromotionConfig.from_dict(compose("config", ["promotion=distilled"])["promotion"])
+    assert set(gate.models) == {"glide-base-distilled", "glide-upsampler-distilled"}
+    within = evaluate_gate(_distilled_metrics(0.52, 0.97), None, gate)  # -8 and -3 points
+    assert within.passed, within.reasons
+    assert any(f"vs {TEACHER}caption_accuracy_single 0.6" in r for r in within.reasons)
+    # a champion that scored higher does not matter: the teacher is the reference
+    champion = {f"{DIST}caption_accuracy_single": 0.9}
+    assert evaluate_gate(_distilled_metrics(0.52, 0.97), champion, gate).passed
+    too_far = evaluate_gate(_distilled_metrics(0.48, 0.97), None, gate)  # -12 points
+    assert not too_far.passed
+    assert any(r.startswith(f"FAIL {DIST}caption_accuracy_single") for r in too_far.reasons)
+    grey = evaluate_gate(_distilled_metrics(0.6, 0.90), None, gate)  # backgrounds -10 points
+    assert not grey.passed
+    no_teacher = {k: v for k, v in _distilled_metrics(0.6, 1.0).items() if TEACHER not in k}
+    missing = evaluate_gate(no_teacher, None, gate)
+    assert not missing.passed and any("baseline" in r and "missing" in r for r in missing.reasons)
+
+
+def test_distilled_models_register_under_their_own_names(store: Store) -> None:
+    from glide.config import compose
+
+    gate = PromotionConfig.from_dict(compose("config", ["promotion=distilled"])["promotion"])
+    registry = ModelRegistry(store.client, gate)
+    base = store.trained_model("base-distilled-pd4", b"student-1")
+    up = store.trained_model("upsampler-distilled-pd2", b"student-up-1")
+    good = _distilled_metrics(0.56, 1.0)
+    first = registry.register(name="glide-base-distilled", model_dir=base, metrics=good, lineage={})
+    assert first.decision == "champion" and first.version == "1"
+    second = registry.register(
+        name="glide-upsampler-distilled", model_dir=up, metrics=good, lineage={}
+    )
+    assert second.decision == "champion"
+    tags = store.client.get_model_version("glide-base-distilled", "1").tags
+    assert tags[f"metric.{DIST}caption_accuracy_single"] == "0.56"
+    # a worse student is kept as @challenger: the teacher's row decides, not the clock
+    worse = store.trained_model("base-distilled-pd4-b", b"student-2")
+    third = registry.register(
+        name="glide-base-distilled",
+        model_dir=worse,
+        metrics=_distilled_metrics(0.40, 1.0),
+        lineage={},
+    )
+    assert third.decision == "challenger" and third.champion == "1"
+    assert any("FAIL" in r for r in third.reasons)
+    names = {m.name for m in store.client.search_registered_models()}
+    assert {"glide-base-distilled", "glide-upsampler-distilled"} <= names
+    assert "glide-base" not in names  # the teacher's registered name is untouched

@@ -41,10 +41,13 @@ RECIPE_HELP = {
     "fast": "DPM-Solver++ on both stages, caption encoded once, channels_last, sdpa, auto "
     "precision",
     "release": "the release's ancestral-100 + fast27, eager float32",
-    "distilled": "balanced's samplers for a guidance-distilled base (train=distill): one row "
-    "per image; --base defaults to models/base-distilled",
+    "distilled": "the distilled models of make distill: a one-row base in 4 steps (pd-4), "
+    "an upsampler in 2 (pd-2); --base/--upsampler default to models/base-distilled-pd4 and "
+    "models/upsampler-distilled-pd2",
 }
 DEFAULT_RECIPE = "balanced"  # glide.sampling.DEFAULT_RECIPE (not imported: --help stays fast)
+DISTILLED_BASE = "models/base-distilled-pd4"  # glide.sampling.recipes.DISTILLED_BASE
+DISTILLED_UPSAMPLER = "models/upsampler-distilled-pd2"  # ... .DISTILLED_UPSAMPLER
 
 
 def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str) -> None:
@@ -54,11 +57,14 @@ def _add_model_options(p: argparse.ArgumentParser, *, base: str, upsampler: str)
         "--model",
         dest="base",
         default=None,
-        help=f"base model source (default: {base}; models/base-distilled with --recipe distilled)",
+        help=f"base model source (default: {base}; {DISTILLED_BASE} with --recipe distilled)",
     )
-    p.set_defaults(default_base=base)
+    p.set_defaults(default_base=base, default_upsampler=upsampler)
     g.add_argument(
-        "--upsampler", default=upsampler, help=f"upsampler source (default: {upsampler})"
+        "--upsampler",
+        default=None,
+        help=f"upsampler source (default: {upsampler}; {DISTILLED_UPSAMPLER} with --recipe "
+        "distilled)",
     )
     g.add_argument(
         "--tokenizer-path", default=None, help="GPT-2 BPE folder (released OpenAI models)"
@@ -108,7 +114,10 @@ def _add_sampling_options(
     )
     g.add_argument("--upsample-steps", type=int, default=None, help="upsampler sampler steps")
     g.add_argument(
-        "--upsample-temperature", type=float, default=0.997, help="upsampler noise scale (0.997)"
+        "--upsample-temperature",
+        type=float,
+        default=None,
+        help="upsampler noise scale (default: the recipe's, 0.997; 1 for distilled students)",
     )
     g.add_argument(
         "--precision",
@@ -210,7 +219,14 @@ def _load(source: str, args: argparse.Namespace, what: str) -> object:
 
 
 def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
-    from glide.sampling import Cascade, GenerationConfig, InpaintInputs, LoadedModel, get_recipe
+    from glide.sampling import (
+        Cascade,
+        GenerationConfig,
+        InpaintInputs,
+        LoadedModel,
+        for_models,
+        get_recipe,
+    )
     from glide.sampling.bulk import Caption, sample_captions
 
     if args.num_images < 1:
@@ -219,14 +235,15 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     recipe = get_recipe(args.recipe)
     clip_scale = float(getattr(args, "clip_guidance_scale", 0.0))
-    sampler, up_sampler = _samplers(args, recipe, clip=bool(clip_scale))
     execution = recipe.execution
     if args.precision is not None:
         execution = dataclasses.replace(execution, precision=args.precision)
 
+    distilled = args.recipe == "distilled" and not inpaint
     if args.base is None:
-        distilled = args.recipe == "distilled" and not inpaint
-        args.base = "models/base-distilled" if distilled else args.default_base
+        args.base = DISTILLED_BASE if distilled else args.default_base
+    if args.upsampler is None:
+        args.upsampler = DISTILLED_UPSAMPLER if distilled else args.default_upsampler
     if inpaint and args.recipe == "distilled":
         raise CLIError("--recipe distilled has no inpainting model: use balanced or fast")
     inputs = None
@@ -242,6 +259,10 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
             f"--recipe distilled needs a guidance-distilled base (python pipelines/train.py "
             f"train=distill); {base.version} is not one"
         )
+    recipe = for_models(recipe, base, upsampler)  # distilled students: the grids they learned
+    sampler, up_sampler = _samplers(args, recipe, clip=bool(clip_scale))
+    temperature = args.upsample_temperature
+    temperature = recipe.upsample_temperature if temperature is None else temperature
     if inpaint and not base.inpaint:
         raise CLIError(
             f"{base.version} is not an inpainting model (train=inpaint, openai:base-inpaint)"
@@ -271,7 +292,7 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         sampler=sampler,
         upsample=not args.base_only,
         upsample_sampler=up_sampler,
-        upsample_temperature=args.upsample_temperature,
+        upsample_temperature=temperature,
         batch_size=max(1, args.batch_size),
         seed=args.seed,
         progress=not args.no_progress,

@@ -65,6 +65,7 @@ from glide.sampling import (
     GenerationConfig,
     InpaintInputs,
     LoadedModel,
+    for_models,
     get_recipe,
     parse_sampler,
     to_pil,
@@ -146,6 +147,7 @@ class CLIPRetrievalConfig:
 class EvaluateConfig:
     """Everything the evaluate stage reads (``conf/evaluate/*.yaml``)."""
 
+    name: str = "evaluate"  # MLflow run name and output names (metrics/<name>.json, ...)
     captions: str = "data/eval/val/captions.json"
     image_dir: str | None = None  # default: images/ beside the captions file
     num_captions: int = 64
@@ -157,6 +159,7 @@ class EvaluateConfig:
     clip: str | None = "models/clip"
     inpaint: str | None = None  # inpainting model for the inpainting evaluation
     distilled: str | None = None  # guidance-distilled base for the sampler table's recipe:distilled
+    distilled_upsampler: str | None = None  # its distilled upsampler (None: ``upsampler``)
     tokenizer_path: str | None = None
     upsample_count: int = 4  # per sweep point; < 0: all (metrics then at the upsampler's size)
     upsample_at: tuple[str, ...] = ()  # sweep points to upsample, e.g. ("cfg:3",); (): all
@@ -314,14 +317,16 @@ class Evaluator:
         clip: LoadedModel | None = None,
         inpaint: LoadedModel | None = None,
         distilled: LoadedModel | None = None,
+        distilled_upsampler: LoadedModel | None = None,
         world: World | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.config = config
+        up = distilled_upsampler or upsampler
         self.distilled = (
             None
             if distilled is None
-            else Cascade(distilled, upsampler=upsampler, clip=clip, device=config.device)
+            else Cascade(distilled, upsampler=up, clip=clip, device=config.device)
         )
         self.world = world or World(device=config.device)
         self.cascade = Cascade(base, upsampler=upsampler, clip=clip, device=config.device)
@@ -357,6 +362,7 @@ class Evaluator:
         self._networks = {
             "base": base, "upsampler": upsampler, "clip": clip,
             "inpaint": inpaint, "distilled": distilled,
+            "distilled_upsampler": distilled_upsampler or upsampler,
         }  # fmt: skip
         self._digests: dict[str, str | None] = {}
 
@@ -450,12 +456,13 @@ class Evaluator:
         """What determines a point's images: any change gives a fresh cache folder."""
         uses_up = gen.upsample or k > 0
         precision = cascade.precision(gen.execution).name
-        base = "distilled" if cascade is self.distilled else "base"
+        base, up = ("distilled", "distilled_upsampler") if cascade is self.distilled else (
+            "base", "upsampler")  # fmt: skip
         return config_digest(
             {
                 "point": f"{method}:{key}",
                 "base": self._digest(base),
-                "upsampler": self._digest("upsampler") if uses_up else None,
+                "upsampler": self._digest(up) if uses_up else None,
                 "clip": self._digest("clip") if gen.clip_guidance_scale else None,
                 "generation": dataclasses.asdict(dataclasses.replace(gen, progress=False)),
                 "upsample_first": k,
@@ -819,6 +826,7 @@ class Evaluator:
                     )
                     continue
                 cascade = self.distilled
+                recipe = for_models(recipe, cascade.base, cascade.upsampler)
             gen = self._generation(
                 guidance_scale=table.guidance_scale,
                 upsample=self.cascade.upsampler is not None,

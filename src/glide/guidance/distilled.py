@@ -9,7 +9,8 @@ forward of one row, what classifier-free guidance gives from the teacher's two r
   (every output channel: a learned variance follows the conditional row, as guidance leaves it);
 - :func:`progressive_distillation_loss` (stage two; Salimans & Ho 2022): a student learns in one
   deterministic DDIM step of :func:`~glide.diffusion.distillation_grid` (``N`` steps) what its
-  teacher does in two steps of the ``2N`` grid, both taking ``w`` as an input;
+  teacher does in two steps of the ``2N`` grid, both taking ``w`` as an input (or neither: the
+  upsampler, sampled unguided as the release does, is distilled the same way);
 - :class:`WeightConditioned`: the student as a sampler's model callable at a fixed ``w``.
 
 Guidance is an affine combination with weights summing to one, so matching it in the model's own
@@ -103,9 +104,11 @@ def ddim_step(
 
 
 def _x0(
-    model: Model, diffusion: GaussianDiffusion, x: Tensor, t: Tensor, w: Tensor, cond: Any
+    model: Model, diffusion: GaussianDiffusion, x: Tensor, t: Tensor, w: Tensor | None, cond: Any
 ) -> Tensor:
-    out = model(x, t, guidance=w, **cond)[:, : x.shape[1]].float()
+    # w None: an unguided network (the upsampler), which takes no guidance input
+    extra = {} if w is None else {"guidance": w}
+    out = model(x, t, **extra, **cond)[:, : x.shape[1]].float()
     return diffusion.predict_xstart(x, t, out)
 
 
@@ -115,7 +118,7 @@ def progressive_distillation_loss(
     diffusion: GaussianDiffusion,
     x_start: Tensor,
     step: Tensor,
-    w: Tensor,
+    w: Tensor | None,
     *,
     steps: int,
     cond: Mapping[str, Tensor],
@@ -123,6 +126,8 @@ def progressive_distillation_loss(
 ) -> Tensor:
     """Per-example loss [B] of a student sampling in ``steps`` DDIM steps against its teacher's
     two steps each (the ``2 * steps`` grid), at grid position ``step`` [B] (0: the noisiest).
+    ``w`` [B]: the guidance weight both take as an input (None for an unguided network such as
+    the upsampler, whose ``cond`` then carries ``low_res``).
 
     ``x_t`` is ``x_start`` noised to the student's grid point; the teacher's two clipped DDIM
     steps give ``x_s``; the student's target is the ``x0`` whose single DDIM step from ``x_t``

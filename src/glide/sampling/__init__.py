@@ -20,7 +20,14 @@ from glide.sampling.model_source import (
     load_model_source,
     openai_dir,
 )
-from glide.sampling.recipes import DEFAULT_RECIPE, RECIPES, Execution, Recipe, get_recipe
+from glide.sampling.recipes import (
+    DEFAULT_RECIPE,
+    RECIPES,
+    Execution,
+    Recipe,
+    for_models,
+    get_recipe,
+)
 from glide.sampling.samplers import (
     SAMPLERS,
     DiffusionSpec,
@@ -47,6 +54,7 @@ __all__ = [
     "Stage",
     "clip_text_embeddings",
     "clip_tokens",
+    "for_models",
     "get_recipe",
     "image_grid",
     "load_model_source",

@@ -65,6 +65,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     diffusion: DiffusionSpec
     version: str  # shown in PNG metadata and reports
+    sampler: str | None = None  # the sampler a progressive student learned (e.g. "pd-4")
 
     @property
     def image_size(self) -> int:
@@ -127,7 +128,8 @@ def _load_export(path: Path, version: str, tokenizer_path: str | None) -> Loaded
     if path.is_dir():
         path = path / EXPORT_FILE
     model, meta = load_model(path)
-    run_id = (meta.get("extra") or {}).get("run_id")
+    extra = meta.get("extra") or {}
+    run_id = extra.get("run_id")
     return LoadedModel(
         model=model.eval(),
         kind=str(meta.get("kind", "base")),
@@ -135,6 +137,7 @@ def _load_export(path: Path, version: str, tokenizer_path: str | None) -> Loaded
         tokenizer=_tokenizer_from_meta(meta, tokenizer_path),
         diffusion=_diffusion_from_meta(meta),
         version=f"{version} (run {run_id})" if run_id and "run " not in version else version,
+        sampler=extra.get("sampler") if isinstance(extra.get("sampler"), str) else None,
     )
 
 

@@ -8,10 +8,13 @@ A recipe is the samplers of both stages plus an :class:`Execution`, how the netw
   with the release's ``fast27`` upsampler, because on the trained default models a 5-step
   upsampler costs quality (``benchmarks/recipe_quality.py``: backgrounds go wrong) while the
   10-step base costs none;
-- ``distilled``: ``balanced``'s samplers and execution for a guidance-distilled base
-  (``train=distill``, :mod:`glide.guidance.distilled`), which takes the guidance weight as an
-  input: one row per image instead of the guided pair, half the base's cost; ``glide sample
-  --recipe distilled`` reads ``models/base-distilled`` unless ``--base`` names another;
+- ``distilled``: the distilled models of ``make distill`` (:mod:`glide.guidance.distilled`): a
+  base that takes the guidance weight as an input (one row per image instead of the guided
+  pair) sampled in 4 DDIM steps on the grid it learned (``pd-4``), and an upsampler distilled to
+  2 (``pd-2``), with the fast execution levers; ``glide sample --recipe distilled`` reads
+  :data:`DISTILLED_BASE` and :data:`DISTILLED_UPSAMPLER` unless ``--base`` / ``--upsampler``
+  name others, and :func:`for_models` samples each model on the grid it was distilled for (a
+  stage-one student, which learned no grid: ``dpm++-10``; a plain upsampler: ``fast27``);
 - ``fast``: DPM-Solver++(2M) on both stages (the upsampler from noise scaled by the release's
   0.997), the caption encoded once per sample instead of once per step, channels_last,
   scaled-dot-product attention, ``torch.inference_mode`` and ``precision: auto`` (bf16 autocast
@@ -40,11 +43,15 @@ from glide.sampling.samplers import SamplerSpec
 __all__ = [
     "DEFAULT_RECIPE",
     "DISTILLED_BASE",
+    "DISTILLED_BASE_STEPS",
+    "DISTILLED_UPSAMPLER",
+    "DISTILLED_UPSAMPLE_STEPS",
     "FAST_BASE_STEPS",
     "FAST_UPSAMPLE_STEPS",
     "RECIPES",
     "Execution",
     "Recipe",
+    "for_models",
     "get_recipe",
     "grad_context",
     "prepare_model",
@@ -53,6 +60,9 @@ __all__ = [
 # Step counts of the fast recipe (see README, "Fast sampling", for the measured trade-off).
 FAST_BASE_STEPS = 10
 FAST_UPSAMPLE_STEPS = 5
+# ... and of the distilled one: what the last progressive rounds learned (pipelines/distill)
+DISTILLED_BASE_STEPS = 4
+DISTILLED_UPSAMPLE_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -130,14 +140,37 @@ RECIPES: dict[str, Recipe] = {
     ),
     "distilled": Recipe(
         "distilled",
-        SamplerSpec("dpm++", FAST_BASE_STEPS),
-        SamplerSpec("fast27", 27),
-        0.997,
+        SamplerSpec("pd", DISTILLED_BASE_STEPS),
+        SamplerSpec("pd", DISTILLED_UPSAMPLE_STEPS),
+        1.0,  # the students learned their jumps from unscaled noise
         _FAST_EXECUTION,
     ),
 }
-DISTILLED_BASE = "models/base-distilled"  # where train=distill exports (recipe "distilled")
+# The last rounds of pipelines/distill/dvc.yaml (recipe "distilled")
+DISTILLED_BASE = "models/base-distilled-pd4"
+DISTILLED_UPSAMPLER = "models/upsampler-distilled-pd2"
 DEFAULT_RECIPE = "balanced"  # glide sample's; see the module docstring for why not "fast"
+
+
+def for_models(recipe: Recipe, base: Any, upsampler: Any | None = None) -> Recipe:
+    """``recipe`` for these models (:class:`~glide.sampling.LoadedModel` s): the ``distilled``
+    recipe samples a progressive student on the grid it learned (its export's ``sampler``, e.g.
+    ``pd-4``), a stage-one student with ``dpm++-10`` and an upsampler that was not distilled with
+    ``fast27`` (at the release's 0.997); other recipes are returned unchanged."""
+    from glide.sampling.samplers import parse_sampler
+
+    if recipe.name != "distilled":
+        return recipe
+    hint = getattr(base, "sampler", None)
+    base_spec = parse_sampler(hint) if hint else SamplerSpec("dpm++", FAST_BASE_STEPS)
+    up_hint = getattr(upsampler, "sampler", None)
+    if up_hint or upsampler is None:
+        up_spec, temperature = parse_sampler(up_hint or recipe.upsample_sampler.label), 1.0
+    else:
+        up_spec, temperature = SamplerSpec("fast27", 27), 0.997
+    return dataclasses.replace(
+        recipe, sampler=base_spec, upsample_sampler=up_spec, upsample_temperature=temperature
+    )
 
 
 def get_recipe(name: str) -> Recipe:

@@ -77,7 +77,9 @@ class MetricRule:
 
     ``min``/``max`` are absolute bounds; against the champion the candidate may be worse by at
     most ``tolerance + rel_tolerance * |champion|`` (``tolerance`` None: the config's; a negative
-    allowance demands an improvement).
+    allowance demands an improvement). With ``baseline`` (another key of the same evaluation,
+    e.g. the teacher's row for a distilled model) the candidate is held against that value
+    instead of the champion's.
     """
 
     metric: str
@@ -87,6 +89,7 @@ class MetricRule:
     tolerance: float | None = None
     rel_tolerance: float = 0.0
     required: bool = True  # a missing metric fails the gate (else the rule is skipped)
+    baseline: str | None = None  # compare with this metric of the same evaluation, not the champion
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,17 @@ def evaluate_gate(
         if rule.max is not None and value > rule.max:
             passed = False
             reasons.append(f"FAIL {rule.metric}={value:.6g} > max {rule.max:g}")
-        best = champion.get(rule.metric) if champion is not None else None
+        if rule.baseline is not None:
+            best, label = candidate.get(rule.baseline), rule.baseline
+            if best is None:
+                passed = passed and not rule.required
+                verdict = "FAIL" if rule.required else "ok"
+                reasons.append(
+                    f"{verdict} {rule.metric}: baseline {label} missing from the metrics"
+                )
+                continue
+        else:
+            best, label = (champion.get(rule.metric) if champion is not None else None), None
         if best is None:
             reasons.append(f"ok {rule.metric}={value:.6g} (no {champion_label} value to compare)")
             continue
@@ -248,7 +261,7 @@ def evaluate_gate(
         passed = passed and verdict == "ok"
         direction = "higher" if rule.higher_is_better else "lower"
         reasons.append(
-            f"{verdict} {rule.metric}={value:.6g} vs {champion_label} {best:.6g} "
+            f"{verdict} {rule.metric}={value:.6g} vs {label or champion_label} {best:.6g} "
             f"({direction} is better, tolerance {allowed:.4g})"
         )
     if not config.rules:

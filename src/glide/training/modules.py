@@ -9,8 +9,9 @@
 - :class:`InpaintModule` (``inpaint``): initialised from a trained base (new input channels at
   zero), trained on random rectangular / free-form masks;
 - :class:`DistillModule` (``distill``): a guidance-conditioned student of a trained base learns
-  the teacher's classifier-free-guided output at weights drawn from a range
-  (:mod:`glide.guidance.distilled`); exported as a base model with ``guidance_embed``;
+  the teacher's classifier-free-guided output at weights drawn from a range, or halves such a
+  student's steps (:mod:`glide.guidance.distilled`); exported as a base with ``guidance_embed``;
+  :class:`UpsampleDistillModule` (``distill`` with ``part: upsample``) halves the upsampler's;
 - :class:`ClipModule` (``clip``): open_clip's ``ClipLoss`` between captions and images noised at
   random timesteps, the timestep fed to the image encoder.
 
@@ -412,18 +413,17 @@ class InpaintModule(Text2ImModule):
         return torch.cat([image * mask, out])
 
 
-class DistillModule(Text2ImModule):
-    """Guided distillation: the student (the base network plus a guidance-weight embedding)
-    matches the frozen teacher's classifier-free-guided output; one forward per row to sample.
+class _Distilling:
+    """The teacher of a distillation module: frozen, held outside the module's parameters (not
+    trained, not checkpointed) and loaded from ``distill.teacher`` before every run, resumed
+    ones included; and sampling on the grid a progressive student learns."""
 
-    The teacher is held outside the module's parameters (not trained, not checkpointed): it is
-    loaded from ``distill.teacher`` before every run, resumed ones included.
-    """
-
-    def __init__(self, config: TrainConfig, options: Mapping[str, Any]) -> None:
-        super().__init__(config, {**options, "guidance_embed": True}, kind="base")
-        self.kind = "distill"
-        self._teacher: list[nn.Module] = []  # a list: not registered as a submodule
+    config: TrainConfig
+    model: nn.Module
+    ema: EMA
+    diffusion: Any
+    device: torch.device
+    _teacher: list[nn.Module]  # a list: not registered as a submodule
 
     @property
     def teacher(self) -> nn.Module:
@@ -442,6 +442,49 @@ class DistillModule(Text2ImModule):
     def on_fit_start(self) -> None:
         self.teacher.to(self.device)
 
+    def progressive_losses(self, model: nn.Module, x0: Tensor, w: Tensor | None, cond: Any) -> dict:
+        """One progressive round's per-example loss at random positions of the student's grid."""
+        n, d = x0.shape[0], self.config.distill
+        step = torch.randint(0, d.steps, (n,), device=x0.device)
+        loss = progressive_distillation_loss(
+            model, self.teacher, self.diffusion, x0, step, w,
+            steps=d.steps, cond=cond, noise=torch.randn_like(x0),
+        )  # fmt: skip
+        grid = torch.tensor(distillation_grid(self.diffusion.num_timesteps, d.steps))
+        t = grid.to(x0.device)[step]  # per-quartile logging reads timesteps
+        return _distill_out(loss, t)
+
+    def pd_sample(self, model: Any, shape: tuple[int, ...], cond: dict[str, Tensor]) -> Tensor:
+        """DDIM on the ``distill.steps`` grid (sampler ``pd-N``) from the sample seed's noise."""
+        from glide.sampling.samplers import DiffusionSpec, SamplerSpec, run_sampler
+
+        c = self.config
+        return run_sampler(
+            model,
+            shape,
+            diffusion=DiffusionSpec(c.diffusion_steps, c.noise_schedule, c.parametrization),
+            sampler=SamplerSpec("pd", c.distill.steps),
+            model_kwargs=cond,
+            generator=torch.Generator(device=self.device).manual_seed(c.sample.seed),
+            device=self.device,
+        )
+
+
+def _distill_out(loss: Tensor, t: Tensor) -> dict[str, Tensor]:
+    return {"loss": loss, "mse": loss, "vb": torch.zeros_like(loss), "t": t,
+            "objective": loss.mean()}  # fmt: skip
+
+
+class DistillModule(_Distilling, Text2ImModule):
+    """Distillation of a base: ``guided`` (the student, the base network plus a guidance-weight
+    embedding, matches the teacher's classifier-free-guided output) or ``progressive`` (such a
+    student halves its DDIM steps); one forward per row to sample."""
+
+    def __init__(self, config: TrainConfig, options: Mapping[str, Any]) -> None:
+        super().__init__(config, {**options, "guidance_embed": True}, kind="base")
+        self.kind = "distill"
+        self._teacher = []
+
     def losses(self, model: nn.Module, batch: Mapping[str, Any], t: Tensor | None = None) -> dict:
         x0 = batch["image"]
         n = x0.shape[0]
@@ -451,62 +494,48 @@ class DistillModule(Text2ImModule):
         w = d.w_min + (d.w_max - d.w_min) * torch.rand(n, device=x0.device)
         cond = self.conditioning(batch, x0)
         if d.mode == "progressive":
-            step = torch.randint(0, d.steps, (n,), device=x0.device)
-            loss = progressive_distillation_loss(
-                model,
-                self.teacher,
-                self.diffusion,
-                x0,
-                step,
-                w,
-                steps=d.steps,
-                cond=cond,
-                noise=torch.randn_like(x0),
-            )
-            grid = torch.tensor(distillation_grid(self.diffusion.num_timesteps, d.steps))
-            t = grid.to(x0.device)[step]  # per-quartile logging reads timesteps
-        else:
-            empty = self.tokenizer.batch([EMPTY_CAPTION], self.config.data.text_ctx)
-            uncond = {"tokens": empty[0].to(x0.device), "mask": empty[1].to(x0.device)}
-            loss = guided_distillation_loss(
-                model,
-                self.teacher,
-                self.diffusion,
-                x0,
-                t,
-                w,
-                cond=cond,
-                uncond=uncond,
-                noise=torch.randn_like(x0),
-            )
-        return {"loss": loss, "mse": loss, "vb": torch.zeros_like(loss), "t": t,
-                "objective": loss.mean()}  # fmt: skip
+            return self.progressive_losses(model, x0, w, cond)
+        empty = self.tokenizer.batch([EMPTY_CAPTION], self.config.data.text_ctx)
+        uncond = {"tokens": empty[0].to(x0.device), "mask": empty[1].to(x0.device)}
+        loss = guided_distillation_loss(
+            model, self.teacher, self.diffusion, x0, t, w,
+            cond=cond, uncond=uncond, noise=torch.randn_like(x0),
+        )  # fmt: skip
+        return _distill_out(loss, t)
 
     def _sample(self, shape: tuple[int, ...], cond: dict[str, Tensor], **kw: Any) -> Tensor:
         s = self.config.sample
-        g = torch.Generator(device=self.device).manual_seed(s.seed)
+        student = WeightConditioned(self.ema.model, s.guidance_scale)
         if self.config.distill.mode == "progressive":  # the grid the student learns
-            from glide.sampling.samplers import DiffusionSpec, SamplerSpec, run_sampler
-
-            c = self.config
-            return run_sampler(
-                WeightConditioned(self.ema.model, s.guidance_scale),
-                shape,
-                diffusion=DiffusionSpec(c.diffusion_steps, c.noise_schedule, c.parametrization),
-                sampler=SamplerSpec("pd", c.distill.steps),
-                model_kwargs=cond,
-                generator=g,
-                device=self.device,
-            )
+            return self.pd_sample(student, shape, cond)
+        g = torch.Generator(device=self.device).manual_seed(s.seed)
         return dpm_solver_pp_2m_sample(
             self.diffusion,
-            WeightConditioned(self.ema.model, s.guidance_scale),
+            student,
             shape,
             steps=s.steps,
             noise=torch.randn(shape, generator=g, device=self.device),
             model_kwargs=cond,
             generator=g,
         )
+
+
+class UpsampleDistillModule(_Distilling, UpsampleModule):
+    """Progressive distillation of the upsampler (``train.part: upsample``): sampled unguided,
+    as the release samples it, so the student has no guidance input; each round halves its DDIM
+    steps on the same low-res conditioning (augmented as in upsampler training). Exported as an
+    upsampler."""
+
+    def __init__(self, config: TrainConfig, options: Mapping[str, Any]) -> None:
+        super().__init__(config, options)
+        self._teacher = []
+
+    def losses(self, model: nn.Module, batch: Mapping[str, Any], t: Tensor | None = None) -> dict:
+        x0 = batch["image"]
+        return self.progressive_losses(model, x0, None, self.conditioning(batch, x0))
+
+    def _sample(self, shape: tuple[int, ...], cond: dict[str, Tensor], **kw: Any) -> Tensor:
+        return self.pd_sample(self.ema.model, shape, cond)
 
 
 class ClipModule(GlideModule):
@@ -600,6 +629,8 @@ MODULES: dict[str, type[GlideModule]] = {
 def build_module(config: TrainConfig, options: Mapping[str, Any]) -> GlideModule:
     """The LightningModule for ``config.kind`` over a network built from ``options``."""
     cls = MODULES[config.kind]
+    if config.kind == "distill" and config.part == "upsample":
+        return UpsampleDistillModule(config, options)
     if cls is Text2ImModule:
         return Text2ImModule(config, options)
     return cls(config, options)  # type: ignore[call-arg]

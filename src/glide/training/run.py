@@ -66,7 +66,13 @@ from glide.training.checkpoint import (
 )
 from glide.training.config import TrainConfig
 from glide.training.datamodule import ShardDataModule
-from glide.training.modules import DistillModule, GlideModule, InpaintModule, build_module
+from glide.training.modules import (
+    DistillModule,
+    GlideModule,
+    InpaintModule,
+    UpsampleDistillModule,
+    build_module,
+)
 
 log = logging.getLogger(__name__)
 
@@ -388,13 +394,15 @@ def _resume_from(config: TrainConfig, key: str) -> Path | None:
 
 
 def _load_base(
-    config: TrainConfig, root: Path, rel: str, why: str
+    config: TrainConfig, root: Path, rel: str, why: str, *, kind: str = "base"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """An exported base model a run starts from (inpainting) or learns from (distillation):
-    it must be a base and predict what this run's ``parametrization`` says (``why`` if not)."""
+    """An exported model a run starts from (inpainting) or learns from (distillation): it must
+    be a ``kind`` model and predict what this run's ``parametrization`` says (``why`` if not)."""
     model, meta = load_model(root / rel)
-    if meta["kind"] != "base":
-        raise ValueError(f"{rel} is a {meta['kind']} model, not a base")
+    if meta["kind"] != kind:
+        raise ValueError(
+            f"{rel} is a {meta['kind']} model, not a{'n' * (kind[0] in 'aeiou')} {kind}"
+        )
     param = (meta.get("diffusion") or {}).get("parametrization", "eps")
     if param != config.parametrization:
         raise ValueError(
@@ -405,9 +413,17 @@ def _load_base(
 
 
 def _load_teacher(config: TrainConfig, root: Path) -> torch.nn.Module:
-    """The exported base model a distillation run learns from (checked against the config)."""
+    """The exported model a distillation run learns from (checked against the config)."""
     d = config.distill
-    teacher, meta = _load_base(config, root, d.teacher, "the student must keep the teacher's")
+    why = "the student must keep the teacher's"
+    if config.part == "upsample":  # unguided: any upsampler teaches a progressive round
+        if d.mode != "progressive":
+            raise ValueError(
+                "train.part=upsample distils progressively (train.distill.mode=progressive): "
+                "the upsampler is sampled unguided, there is no guidance to distil"
+            )
+        return _load_base(config, root, d.teacher, why, kind="upsample")[0]
+    teacher, meta = _load_base(config, root, d.teacher, why)
     weighted = bool((meta.get("options") or {}).get("guidance_embed"))
     if weighted != (d.mode == "progressive"):
         wanted = "a guidance-distilled base" if d.mode == "progressive" else "a base"
@@ -417,14 +433,26 @@ def _load_teacher(config: TrainConfig, root: Path) -> torch.nn.Module:
     return teacher
 
 
+def _export_kind(config: TrainConfig) -> str:
+    """What a run exports: a distilled base (with ``guidance_embed``) or upsampler is sampled
+    like the model it was distilled from."""
+    if config.kind != "distill":
+        return config.kind
+    return "upsample" if config.part == "upsample" else "base"
+
+
 def _export(
     config: TrainConfig, module: GlideModule, *, step: int, extra: Mapping[str, Any]
 ) -> Path:
     data = config.data
+    d = config.distill
+    # A progressive student samples on the grid it learned: recorded for `glide sample` & co.
+    progressive = config.kind == "distill" and d.mode == "progressive"
+    hint = {"sampler": f"pd-{d.steps}"} if progressive else {}
     return save_model(
         Path(config.out_dir) / "model.pt",
         module.ema.model,
-        kind="base" if config.kind == "distill" else config.kind,  # a base with guidance_embed
+        kind=_export_kind(config),
         options={k: v for k, v in module.options.items() if k != "use_checkpoint"},
         tokenizer={"name": data.tokenizer, "path": data.tokenizer_path},
         diffusion={
@@ -434,7 +462,7 @@ def _export(
         }
         if config.kind != "clip"
         else {},
-        extra={"step": step, "name": config.name, "image_size": data.image_size, **extra},
+        extra={"step": step, "name": config.name, "image_size": data.image_size, **hint, **extra},
     )
 
 
@@ -514,7 +542,7 @@ def _train(
             config.inpaint.init_from,
             widened,
         )
-    if isinstance(module, DistillModule):
+    if isinstance(module, DistillModule | UpsampleDistillModule):
         module.set_teacher(_load_teacher(config, root), init_student=ckpt_path is None)
     datamodule = ShardDataModule(config.data, seed=config.seed)
 
