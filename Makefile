@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run distill params test test-numerics lint format bench clean-venv ui
+.PHONY: run distill params test test-numerics docs lint format bench clean-venv ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -38,7 +38,7 @@ test: $(STAMP)
 
 # The float-sensitive tests (marker `numerics`) again with the kernels of other CPUs: AVX2 without
 # AVX-512 (what an AMD Zen 2/3 or an older Intel runs) and torch's plain C++ kernels, so a
-# developer on one kind of CPU sees what another kind computes. README, "Development".
+# developer on one kind of CPU sees what another kind computes. docs/development.md.
 NUMERICS_KERNELS := "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" \
 	"ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41"
 test-numerics: $(STAMP)
@@ -46,6 +46,12 @@ test-numerics: $(STAMP)
 		echo "== numerics tests with $$kernels"; \
 		env $$kernels PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m 'numerics and not slow' || exit 1; \
 	done
+
+# The docs check (tests/test_docs.py, also in the default suite): README.md and docs/*.md links and
+# anchors resolve, the commands they show parse (CLI, Hydra overrides, Makefile targets), README
+# under 15 KB. docs/development.md, "The docs check".
+docs: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests/test_docs.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

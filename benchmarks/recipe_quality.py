@@ -11,11 +11,13 @@ release when its difference is no larger than the release's own spread across se
     python benchmarks/recipe_quality.py --seeds 0,1,2 --base-samplers dpm++-8 --upsamplers dpm++-8,ancestral-10
     python benchmarks/recipe_quality.py --json reports/recipe_quality.json
     python benchmarks/recipe_quality.py --only-variants --recipes balanced \
-        --distilled models/base-distilled --seeds 0,1     # the distilled student vs its teacher
+        --distilled models/base-distilled-pd4 --distilled-upsampler models/upsampler-distilled-pd2
 
-``--distilled PATH`` adds the ``distilled`` recipe on that guidance-distilled base (its own
-sampler with ``--distilled-sampler``, e.g. ``pd-4`` for a progressive student), drawn from the
-same captions and seeds as the teacher's rows.
+``--distilled PATH`` adds the ``distilled`` recipe on that guidance-distilled base, with the
+upsampler ``--distilled-upsampler PATH`` (default: the teacher's), each on the grid its export
+names (``pd-4``, ``pd-2``; a stage-one student ``dpm++-10``, a plain upsampler ``fast27``), drawn
+from the same captions and seeds as the teacher's rows; ``--distilled-sampler`` /
+``--distilled-upsample-sampler`` override them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from glide.config import compose, project_root
 from glide.evaluation import EvaluateConfig, Evaluator
-from glide.sampling import RECIPES, Recipe, load_model_source, parse_sampler
+from glide.sampling import RECIPES, Recipe, for_models, load_model_source, parse_sampler
 
 
 def _stage_overrides(argv: list[str]) -> list[str]:
@@ -71,7 +73,13 @@ def main() -> None:
     p.add_argument("--only-variants", action="store_true", help="skip release and fast")
     p.add_argument("--recipes", default="", help="extra named recipes, e.g. balanced")
     p.add_argument("--distilled", default=None, help="a guidance-distilled base (recipe distilled)")
-    p.add_argument("--distilled-sampler", default=None, help="its base sampler, e.g. pd-4")
+    p.add_argument(
+        "--distilled-sampler", default=None, help="its base sampler (default: its export's)"
+    )
+    p.add_argument("--distilled-upsampler", default=None, help="a distilled upsampler for that row")
+    p.add_argument(
+        "--distilled-upsample-sampler", default=None, help="its sampler (default: its export's)"
+    )
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH")
@@ -91,21 +99,27 @@ def main() -> None:
         table = {k: v for k, v in table.items() if k not in ("release", "fast")}
     for name in (n for n in args.recipes.split(",") if n):
         table[name] = RECIPES[name]
-    distilled = load_model_source(args.distilled) if args.distilled else None
-    if distilled is not None:
-        table["distilled"] = RECIPES["distilled"]
-        if args.distilled_sampler:
-            spec = parse_sampler(args.distilled_sampler)
-            table["distilled"] = dataclasses.replace(table["distilled"], sampler=spec)
-    results: dict[str, dict[str, Any]] = {name: {} for name in table}
     load = {"tokenizer_path": raw.get("tokenizer_path"), "device": raw.get("device", "cpu")}
     models = {
         k: load_model_source(raw[k], **load) if raw.get(k) else None
         for k in ("base", "upsampler", "clip")
     }
+    distilled = load_model_source(args.distilled, **load) if args.distilled else None
+    up = args.distilled_upsampler
+    distilled_up = load_model_source(up, **load) if distilled is not None and up else None
+    if distilled is not None:
+        # each student on the grid it learned (its export's sampler), unless told otherwise
+        row = for_models(RECIPES["distilled"], distilled, distilled_up or models["upsampler"])
+        if args.distilled_sampler:
+            row = dataclasses.replace(row, sampler=parse_sampler(args.distilled_sampler))
+        if args.distilled_upsample_sampler:
+            spec = parse_sampler(args.distilled_upsample_sampler)
+            row = dataclasses.replace(row, upsample_sampler=spec)
+        table["distilled"] = row
+    results: dict[str, dict[str, Any]] = {name: {} for name in table}
     for seed in (int(s) for s in args.seeds.split(",")):
         config = EvaluateConfig.from_dict({**raw, "seed": seed})
-        ev = Evaluator(config, base=models["base"], upsampler=models["upsampler"], clip=models["clip"], distilled=distilled, log=lambda _: None)  # fmt: skip
+        ev = Evaluator(config, base=models["base"], upsampler=models["upsampler"], clip=models["clip"], distilled=distilled, distilled_upsampler=distilled_up, log=lambda _: None)  # fmt: skip
         n = min(args.num_images, len(ev.captions))
         for name, recipe in table.items():
             gen = ev._generation(

@@ -244,6 +244,13 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
         args.base = DISTILLED_BASE if distilled else args.default_base
     if args.upsampler is None:
         args.upsampler = DISTILLED_UPSAMPLER if distilled else args.default_upsampler
+    for source in (args.base, None if args.base_only else args.upsampler):
+        defaults = (DISTILLED_BASE, DISTILLED_UPSAMPLER)
+        if distilled and source in defaults and not Path(source).exists():
+            raise CLIError(
+                f"--recipe distilled reads {source}, which is missing: run `make distill` "
+                "(pipelines/distill/dvc.yaml), or name the models with --base / --upsampler"
+            )
     if inpaint and args.recipe == "distilled":
         raise CLIError("--recipe distilled has no inpainting model: use balanced or fast")
     inputs = None
