@@ -4,8 +4,9 @@
 
 Reads ``models/<name>/model.pt`` (+ ``mlflow_run_id``) for each entry of ``promotion.models``,
 ``metrics/evaluate.json`` and ``dvc.lock`` (lineage). Each export becomes a version of its
-registered model (once: re-running is a no-op) tagged with lineage and metrics; the gate in
-``conf/promotion`` gives it ``champion`` (the old one becomes ``previous``) or ``challenger``.
+registered model (once: re-running is a no-op) tagged with lineage, its logged model carrying
+the metrics; the gate in ``conf/promotion`` gives it ``champion`` (the old one becomes
+``previous``) or ``challenger``.
 Writes ``reports/register.json``; logs one MLflow run.
 """
 
@@ -36,7 +37,8 @@ def main(argv: list[str]) -> int:
     metrics_path = Path(config.metrics_file)
     document = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics = flatten_metrics(document)
-    # The evaluate run that wrote the metrics: versions link to it for everything not tagged.
+    # The evaluate run that wrote the metrics: versions link to it, and it logs them against
+    # each version's logged model.
     evaluate_run_id = (document.get("info") or {}).get("mlflow_run_id")
     if not metrics:
         print(f"register: no evaluation metrics in {metrics_path}", file=sys.stderr)

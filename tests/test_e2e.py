@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from glide.tracking.registry import MAX_VERSION_TAGS, version_model_id
 from tests.test_registry import REPO_ROOT, template_db  # noqa: F401  (fixture)
 from tests.test_tracking_server import start_server, stop_server
 
@@ -189,7 +190,10 @@ def check_pipeline(proj: Path, env: dict[str, str], uri: str) -> None:
         assert mv.tags["lineage.data"].startswith("data/shards")
         assert "conf/train/base.yaml=" in mv.tags["lineage.config"]
         assert client.get_run(mv.tags["lineage.train_run_id"]).info.run_name == stage
-        assert "metric.summary.cfg_best_scale" in mv.tags
+        # the metrics are on the version's logged model (the one training logged)
+        model = client.get_logged_model(version_model_id(mv))
+        assert model.source_run_id == mv.tags["lineage.train_run_id"]
+        assert "summary.cfg_best_scale" in {m.key for m in model.metrics}
     for name in ("glide-upsampler", "glide-inpaint"):
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     check_dataset_lineage(proj, client)
@@ -267,10 +271,12 @@ def check_dataset_lineage(proj: Path, client: Any) -> None:
     for name in ("glide-base", "glide-upsampler", "glide-inpaint", "glide-clip"):
         mv = client.get_model_version_by_alias(name, "champion")
         assert mv.tags["lineage.evaluate_run_id"] == evaluated
-        # bounded: ~18 lineage / promotion tags, the gated metrics and at most max_metric_tags (16)
-        # summary metrics; the rest stay on the evaluate run
-        assert sum(k.startswith("metric.") for k in mv.tags) <= 16 + 2, sorted(mv.tags)
-        assert len(mv.tags) <= 40, sorted(mv.tags)
+        # bounded: lineage, training outcome and the gate's decision; the metrics are logged
+        # against the version's logged model by the evaluate run
+        assert not [k for k in mv.tags if k.startswith("metric.")], sorted(mv.tags)
+        assert len(mv.tags) <= MAX_VERSION_TAGS, sorted(mv.tags)
+        model_metrics = client.get_logged_model(version_model_id(mv)).metrics
+        assert model_metrics and {m.run_id for m in model_metrics} == {evaluated}
 
 
 def test_pipeline_end_to_end_sqlite(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from glide.tracking.registry import (
+    MAX_VERSION_TAGS,
     GateDecision,
     MetricRule,
     ModelRegistry,
@@ -27,6 +28,8 @@ from glide.tracking.registry import (
     file_sha256,
     flatten_metrics,
     lineage_tags,
+    mlflow_metric_name,
+    version_model_id,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -189,8 +192,18 @@ def test_register_gate_aliases_rollback_and_idempotency(store: Store) -> None:
     assert mv.tags["glide.sha256"] == file_sha256(folder / "model.pt")
     assert mv.tags["lineage.train_run_id"] == (folder / "mlflow_run_id").read_text().strip()
     assert mv.run_id == mv.tags["lineage.train_run_id"]
-    assert mv.tags[f"metric.{ACC}"] == "0.5"
-    assert "metric.samplers.x.seconds_per_image" not in mv.tags  # not a tagged prefix
+    assert not [k for k in mv.tags if k.startswith("metric.")]  # on the logged model instead
+    model_id = version_model_id(mv)  # the run had no logged model: logged from the export
+    assert model_id and mv.source == f"models:/{model_id}"
+    logged = store.client.get_logged_model(model_id)
+    assert (
+        logged.source_run_id == mv.run_id and logged.tags["glide.sha256"] == mv.tags["glide.sha256"]
+    )
+    assert {m.key: m.value for m in logged.metrics} == {
+        ACC: 0.5,
+        FD: 5.0,
+        "samplers.x.seconds_per_image": 1.0,
+    }
     assert mv.tags["promotion.decision"] == "champion"
 
     again = _register(registry, folder, acc=0.0)  # same export: nothing new, nothing moves
@@ -428,12 +441,65 @@ def test_registered_champion_loads_for_sampling(
     report = json.dumps(result.as_dict())
     assert '"champion": 1' in report
 
+    # the version's logged model: the export and the code that loads it, nothing pickled; MLflow
+    # loads it as a python_function model through glide's loader, and predict samples the base
+    import mlflow
+    import numpy as np
 
-def test_version_tags_stay_bounded_and_link_the_evaluate_run(store: Store) -> None:
-    """A sweep of hundreds of metrics leaves the version with the gated metrics and a short
-    summary as tags; the rest is read from the evaluate run it links, by the gate too."""
+    from glide.models.export import model_digest
+
+    mlflow.set_tracking_uri(store.uri)
+    mv = store.client.get_model_version_by_alias("glide-base", "champion")
+    folder_files = Path(mlflow.artifacts.download_artifacts(mv.source))
+    files = sorted(p.relative_to(folder_files).as_posix() for p in folder_files.rglob("*.*"))
+    assert "MLmodel" in {p.name for p in folder_files.iterdir()}
+    assert "artifacts/model.pt" in files and "pyfunc_code.py" in files
+    assert not [f for f in files if f.endswith((".pkl", ".pth"))], files
+    assert (folder_files / "artifacts" / "model.pt").read_bytes() == (
+        folder / "model.pt"
+    ).read_bytes()
+    pyfunc = mlflow.pyfunc.load_model("models:/glide-base@champion")
+    wrapped = pyfunc.unwrap_python_model().loaded
+    assert wrapped.kind == "base" and model_digest(wrapped.model) == model_digest(loaded.model)
+    (image,) = pyfunc.predict(["a red circle"])
+    assert isinstance(image, np.ndarray) and image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+
+# Every tag lineage_tags writes for a model trained in a git checkout with a dvc.lock.
+FULL_LINEAGE = {
+    "lineage.git_commit": "a" * 40,
+    "lineage.git_dirty": "false",
+    "lineage.dvc_stage": "train_base",
+    "lineage.data": "data/shards/train=da7a.dir",
+    "lineage.config": "conf/train=c0nf.dir",
+    "lineage.code": "pipelines/train.py=c0de",
+    "lineage.params_sha256": "b" * 64,
+    "lineage.outs": "models/base=0u7.dir",
+    "lineage.evaluate": "metrics/evaluate.json=e7a1",
+}
+
+
+def _evaluate_run(store: Store, metrics: dict[str, float]) -> str:
+    """An evaluate run that logged ``metrics`` as ``pipelines/evaluate.py`` does (MLflow names,
+    no ``info.*``); returns its id."""
     from mlflow.entities import Metric
 
+    run = store.client.create_run(store.experiment_id, run_name="evaluate")
+    batch = [
+        Metric(mlflow_metric_name(k), v, 1000, 0)
+        for k, v in metrics.items()
+        if not k.startswith("info.")
+    ]
+    for i in range(0, len(batch), 500):
+        store.client.log_batch(run.info.run_id, metrics=batch[i : i + 500])
+    store.client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_version_tags_stay_bounded_and_metrics_live_on_the_logged_model(store: Store) -> None:
+    """A sweep of hundreds of metrics: a version's tags are lineage, how training ended and the
+    gate's decision (at most 20, none a metric); every metric is logged against its logged model
+    through the evaluate run (whose own history gains no point), where the gate reads them."""
     sweep = {
         f"{method}.{scale}.{name}": float(scale) + i / 10
         for method in ("cfg", "clip")
@@ -441,43 +507,125 @@ def test_version_tags_stay_bounded_and_link_the_evaluate_run(store: Store) -> No
         for i, name in enumerate(("fd_clip", "clip_score", "caption_accuracy", "oracle_score"))
     }
     summary = {f"summary.key_{i:02d}": float(i) for i in range(40)}
-    metrics = {**sweep, **summary, ACC: 0.5, FD: 5.0}
-    evaluate = store.client.create_run(store.experiment_id, run_name="evaluate")
-    eval_id = evaluate.info.run_id
-    now = 0
-    batch = [Metric(k, v, now, 0) for k, v in metrics.items()]
-    for i in range(0, len(batch), 500):
-        store.client.log_batch(eval_id, metrics=batch[i : i + 500])
-    store.client.set_terminated(eval_id)
-
+    metrics = {
+        **sweep,
+        **summary,
+        ACC: 0.5,
+        FD: 5.0,
+        "samplers.dpm++-10.fd_clip": 9.0,  # "+" is no MLflow metric name: dpmpp, as evaluate logs
+        "info.images_generated": 96.0,  # bookkeeping: not a model metric
+    }
+    eval_id = _evaluate_run(store, metrics)
     registry = ModelRegistry(store.client, GATE)
     folder = store.trained_model("base", b"weights")
-    registry.register(
-        name="glide-base",
-        model_dir=folder,
-        metrics=metrics,
-        lineage={"lineage.git_commit": "abc"},
-        evaluate_run_id=eval_id,
+    (folder / "summary.json").write_text(
+        json.dumps({"step": 600, "stopped_by": "max_steps", "max_steps": 600})
     )
-    mv = store.client.get_model_version("glide-base", "1")
-    metric_tags = sorted(k for k in mv.tags if k.startswith("metric."))
-    assert len(metrics) > 250
-    assert f"metric.{ACC}" in metric_tags and f"metric.{FD}" in metric_tags  # what the gate read
-    extra = [k for k in metric_tags if k not in (f"metric.{ACC}", f"metric.{FD}")]
-    assert extra == [f"metric.summary.key_{i:02d}" for i in range(GATE.max_metric_tags)]
-    assert len(mv.tags) <= 30, sorted(mv.tags)
-    assert mv.tags["lineage.evaluate_run_id"] == eval_id
-    train_id = mv.tags["lineage.train_run_id"]
-    for rid in (train_id, eval_id):  # the version page links both runs
-        assert f"(#/experiments/{store.experiment_id}/runs/{rid})" in mv.description
+    register = {"name": "glide-base", "model_dir": folder, "lineage": FULL_LINEAGE}
+    registry.register(**register, metrics=metrics, evaluate_run_id=eval_id)
+    # a better export replaces it (promotion.replaced), then a rollback (rolled_back)
+    store.trained_model("base", b"weights-2")
+    better = {**metrics, ACC: 0.6}
+    registry.register(**register, metrics=better, evaluate_run_id=_evaluate_run(store, better))
+    registry.rollback("glide-base")
 
-    # a rule on a metric the version does not carry as a tag: read from the evaluate run
-    wider = PromotionConfig(rules=(MetricRule(metric="cfg.7.clip_score", min=7.0),))
-    assert "metric.cfg.7.clip_score" not in mv.tags
+    expected = sorted(
+        [
+            "glide.sha256",
+            *FULL_LINEAGE,
+            "lineage.train_run_id",
+            "lineage.evaluate_run_id",
+            "train.stopped_by",
+            "train.steps",
+            "promotion.decision",
+            "promotion.reasons",
+            "promotion.compared_to",
+            "promotion.replaced",
+            "promotion.decided_at",
+        ]
+    )
+    assert len(expected) == 19 <= MAX_VERSION_TAGS == 20
+    assert len(metrics) > 250
+    for version in ("1", "2"):
+        mv = store.client.get_model_version("glide-base", version)
+        assert set(mv.tags) <= set(expected) and len(mv.tags) <= MAX_VERSION_TAGS, sorted(mv.tags)
+        assert not [k for k in mv.tags if k.startswith("metric.")]
+    assert sorted(store.client.get_model_version("glide-base", "2").tags) == expected
+
+    mv = store.client.get_model_version("glide-base", "1")
+    assert mv.tags["lineage.evaluate_run_id"] == eval_id
+    model_id = version_model_id(mv)
+    assert model_id and mv.source == f"models:/{model_id}"  # the page's "Source Model"
+    logged = store.client.get_logged_model(model_id)
+    on_model = {m.key: m.value for m in logged.metrics}
+    assert "samplers.dpmpp-10.fd_clip" in on_model and "info.images_generated" not in on_model
+    assert on_model == {
+        mlflow_metric_name(k): v for k, v in metrics.items() if not k.startswith("info.")
+    }
+    assert {m.run_id for m in logged.metrics} == {eval_id}  # logged by the evaluate run
+    versions = json.loads(logged.tags["mlflow.modelVersions"])  # the model's page links it
+    assert versions == [{"name": "glide-base", "version": 1}]
+    assert len(store.client.get_metric_history(eval_id, ACC)) == 1  # and its history unchanged
+    # the version page's description links the runs and the model's page (every metric) and
+    # shows the gated metrics
+    train_id = mv.tags["lineage.train_run_id"]
+    for rid in (train_id, eval_id):
+        assert f"(#/experiments/{store.experiment_id}/runs/{rid})" in mv.description
+    assert f"(#/experiments/{store.experiment_id}/models/{model_id})" in mv.description
+    assert f"All {len(on_model)} evaluation metrics" in mv.description
+    assert f"| `{ACC}` | 0.5 |" in mv.description and f"| `{FD}` | 5 |" in mv.description
+
+    # registering the same export again logs nothing twice
+    registry.register(**register, metrics=metrics, evaluate_run_id=eval_id)
+    again = store.client.get_logged_model(model_id).metrics
+    assert len(again) == len(logged.metrics)
+
+    # rules on metrics outside the gate's set (and a "+" key) read the model's values, also
+    # once the evaluate run is deleted
+    wider = PromotionConfig(
+        rules=(
+            MetricRule(metric="cfg.7.clip_score", min=7.0),
+            MetricRule(metric="samplers.dpm++-10.fd_clip", higher_is_better=False, max=10.0),
+        )
+    )
+    store.client.delete_run(eval_id)
     candidate = ModelRegistry(store.client, wider).version_metrics("glide-base", 1)
     assert candidate["cfg.7.clip_score"] == pytest.approx(7.1)
     verdict = evaluate_gate(candidate, None, wider)
-    assert verdict.passed and verdict.reasons[0].startswith("ok cfg.7.clip_score=7.1")
+    assert verdict.passed, verdict.reasons
+    assert verdict.reasons[0].startswith("ok cfg.7.clip_score=7.1")
+    assert verdict.reasons[1].startswith("ok samplers.dpm++-10.fd_clip=9")
+
+
+def test_gate_reads_versions_registered_with_metric_tags(store: Store) -> None:
+    """A champion registered before the metrics moved to the logged model (``metric.*`` tags,
+    source the run's export folder) is still what a new version is held against."""
+    registry = ModelRegistry(store.client, GATE)
+    folder = store.trained_model("base", b"old-layout")
+    run_id = (folder / "mlflow_run_id").read_text().strip()
+    store.client.create_registered_model("glide-base")
+    old = store.client.create_model_version(
+        "glide-base",
+        f"runs:/{run_id}/export",
+        run_id=run_id,
+        tags={
+            "glide.sha256": file_sha256(folder / "model.pt"),
+            f"metric.{ACC}": "0.8",
+            f"metric.{FD}": "5.0",
+            "promotion.decision": "champion",
+        },
+    )
+    store.client.set_registered_model_alias("glide-base", "champion", old.version)
+    assert registry.version_metrics("glide-base", 1) == {ACC: 0.8, FD: 5.0}
+
+    store.trained_model("base", b"new-worse")
+    worse = _register(registry, folder, acc=0.5)  # 0.5 < 0.8 - 0.05
+    assert (worse.version, worse.decision, worse.champion) == ("2", "challenger", "1")
+    assert any(f"{ACC}=0.5 vs champion v1 0.8" in r for r in worse.reasons), worse.reasons
+    store.trained_model("base", b"new-better")
+    better = _register(registry, folder, acc=0.9, fd=5.2)  # fd within 10%
+    assert (better.version, better.decision) == ("3", "champion")
+    assert registry.alias_version("glide-base", "previous") == "1"
 
 
 # -- distilled models: their own names, gated against the teacher's row ------------------------
@@ -532,8 +680,9 @@ def test_distilled_models_register_under_their_own_names(store: Store) -> None:
         name="glide-upsampler-distilled", model_dir=up, metrics=good, lineage={}
     )
     assert second.decision == "champion"
-    tags = store.client.get_model_version("glide-base-distilled", "1").tags
-    assert tags[f"metric.{DIST}caption_accuracy_single"] == "0.56"
+    read = registry.version_metrics("glide-base-distilled", 1)  # from its logged model
+    assert read[f"{DIST}caption_accuracy_single"] == 0.56
+    assert read[f"{TEACHER}caption_accuracy_single"] == 0.6
     # a worse student is kept as @challenger: the teacher's row decides, not the clock
     worse = store.trained_model("base-distilled-pd4-b", b"student-2")
     third = registry.register(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from glide.tracking.registry import ModelRegistry, PromotionConfig
+from glide.tracking.registry import ModelRegistry, PromotionConfig, version_model_id
 from tests.test_registry import GATE, REPO_ROOT, template_db  # noqa: F401  (fixture)
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -157,7 +157,9 @@ def test_register_stage_and_commands_against_server(
     ).stdout.strip()
     assert mv.tags["lineage.git_commit"] == commit
     assert mv.tags["lineage.train_run_id"] == (root / "models/base/mlflow_run_id").read_text()
-    assert mv.tags["metric.summary.cfg_best_caption_accuracy"] == "0.5"
+    assert not [k for k in mv.tags if k.startswith("metric.")]  # on the logged model instead
+    metrics = ModelRegistry(client, PromotionConfig()).model_metrics(version_model_id(mv))
+    assert metrics == {"summary.cfg_best_caption_accuracy": 0.5, "cfg.3.fd_clip": 2.0}
 
     again = _register_stage(root, server, *models)  # idempotent
     assert again.returncode == 0 and "v1 already registered" in again.stdout
@@ -232,10 +234,16 @@ def test_registry_over_http_and_sampling_uri(server: str, tmp_path: Path) -> Non
         lineage={},
     )
     assert result.decision == "champion"
+    mv = client.get_model_version_by_alias("glide-upsampler", "champion")
     local = mlflow.artifacts.download_artifacts(
-        run_id=client.get_model_version_by_alias("glide-upsampler", "champion").run_id,
-        artifact_path="export/model.pt",
-        tracking_uri=server,
+        run_id=mv.run_id, artifact_path="export/model.pt", tracking_uri=server
     )
     assert Path(local).read_bytes() == b"u1"
+    # the logged model, its metrics and its files (artifacts proxied) through the REST API
+    model_id = version_model_id(mv)
+    assert mv.source == f"models:/{model_id}"
+    assert registry.model_metrics(model_id) == cfg_metrics
+    assert registry.version_metrics("glide-upsampler", mv.version) == cfg_metrics
+    files = {a.path for a in client.list_logged_model_artifacts(model_id)}
+    assert {"MLmodel", "pyfunc_code.py", "artifacts"} <= files
     assert PromotionConfig().champion_alias == "champion"

@@ -266,31 +266,87 @@ def test_caption_gain_is_zero_without_distinct_captions(shards: Path, tmp_path: 
     assert abs(module.caption_gain(batch, t).item()) > 1e-6
 
 
-def test_mlflow_model_is_logged_without_the_pickle_advice(shards: Path, tmp_path: Path) -> None:
-    """The EMA model is logged as ``runs:/<id>/model``; MLflow's advice against the pickle format
-    (chosen on purpose) is dropped, its other records are not."""
+def test_training_logs_its_export_as_the_mlflow_model_without_pickle(
+    shards: Path,
+    tmp_path: Path,
+    one_thread: None,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``train.log_mlflow_model``: the export itself is the run's logged model ``model`` (a
+    python_function model from code), so no pickle and no MLflow warning about one; registering
+    the run makes that model the version's source, and the version loads for sampling."""
     import logging
+    import warnings
 
     import mlflow
+    import yaml
 
-    from glide.training.run import _log_mlflow_model
+    from glide.sampling import load_model_source
+    from glide.tracking.registry import (
+        ModelRegistry,
+        PromotionConfig,
+        file_sha256,
+        version_model_id,
+    )
+    from glide.training import train
 
+    cfg = small_config(
+        shards, tmp_path, max_steps=2, checkpoint_every=1000, num_threads=1, log_mlflow_model=True
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
-    run_id = client.create_run(exp).info.run_id
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    log_ = logging.getLogger("mlflow.pytorch")
-    log_.addHandler(handler)
+    mlflow_log = logging.getLogger("mlflow")
+    mlflow_log.addHandler(handler)
     try:
-        _log_mlflow_model(build(small_config(shards, tmp_path)), run_id=run_id, tracking_uri=uri)
-        log_.warning("another warning")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = train(
+                cfg,
+                load_preset("tiny"),
+                root=tmp_path,
+                experiment="test",
+                tracking_uri=uri,
+                params={"test": True},
+            )
     finally:
-        log_.removeHandler(handler)
-    assert not any("Pickle" in m for m in seen), seen
-    assert "another warning" in seen
-    assert not log_.filters  # the filter is scoped to the call
-    logged = mlflow.search_logged_models(experiment_ids=[exp], output_format="list")
-    assert [m.source_run_id for m in logged] == [run_id]
+        mlflow_log.removeHandler(handler)
+    printed = capfd.readouterr()
+    said = [*seen, *(str(w.message) for w in caught), printed.out, printed.err]
+    assert not [m for m in said if "pickle" in m.lower()], [m[:300] for m in said]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(result.run_id)
+    (logged,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    model_file = Path(cfg.out_dir) / "model.pt"
+    assert (logged.name, logged.source_run_id, logged.model_type) == (
+        "model",
+        result.run_id,
+        "glide-export",
+    )
+    assert logged.tags["glide.sha256"] == file_sha256(model_file)
+    assert str(logged.status) == "READY" and logged.params["test"] == "True"
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+
+    registry = ModelRegistry(client, PromotionConfig())
+    registered = registry.register(
+        name="glide-base",
+        model_dir=cfg.out_dir,
+        metrics={"summary.acc": 0.5},
+        lineage={},
+        experiment="test",
+    )
+    mv = client.get_model_version("glide-base", registered.version)
+    assert version_model_id(mv) == logged.model_id  # training's model, not a second upload
+    assert registry.model_metrics(logged.model_id) == {"summary.acc": 0.5}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = load_model_source("models:/glide-base@champion")
+    assert loaded.kind == "base" and loaded.image_size == 32
+    folder = Path(mlflow.artifacts.download_artifacts(mv.source, tracking_uri=uri))
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    assert set(mlmodel["flavors"]) == {"python_function"}
+    assert mlmodel["flavors"]["python_function"]["loader_module"].endswith("code_model")
+    assert (folder / "artifacts" / "model.pt").read_bytes() == model_file.read_bytes()
+    assert not [p.name for p in folder.rglob("*") if p.suffix in (".pkl", ".pth")]

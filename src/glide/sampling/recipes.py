@@ -57,7 +57,7 @@ __all__ = [
     "prepare_model",
 ]
 
-# Step counts of the fast recipe (see README, "Fast sampling", for the measured trade-off).
+# Step counts of the fast recipe (docs/sampling.md, "Fast sampling": the measured trade-off).
 FAST_BASE_STEPS = 10
 FAST_UPSAMPLE_STEPS = 5
 # ... and of the distilled one: what the last progressive rounds learned (pipelines/distill)

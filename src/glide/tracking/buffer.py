@@ -194,9 +194,7 @@ def replay(path: str | Path, client: Any) -> int:
 
 
 def _log_model(client: Any, call: dict[str, Any]) -> None:
-    """The deferred ``mlflow.pytorch.log_model`` of a training run, from its export file."""
-    from glide.models.export import load_model
-    from glide.tracking.runs import log_pytorch_model
+    """The deferred logged model ``model`` of a training run: its export file."""
+    from glide.tracking.mlflow_model import log_export_model
 
-    model, _ = load_model(call["model_file"])
-    log_pytorch_model(model.eval(), run_id=call["run_id"], tracking_uri=client.tracking_uri)
+    log_export_model(client, run_id=call["run_id"], model_file=call["model_file"])

@@ -120,9 +120,16 @@ def _experiment_run(client: Any, exp: Any, name: str, stage: str) -> Any:
 
 def fetch_model_versions(client: Any, name: str, versions: Sequence[str] = ()) -> list[RunSummary]:
     """The training runs behind versions of registered model ``name`` (all when empty), with
-    each version's ``metric.*`` tags (evaluation metrics) added to the run's metrics."""
-    from glide.tracking.registry import METRIC_PREFIX
+    each version's evaluation metrics (its logged model's; ``metric.*`` tags for versions
+    registered before they moved there) added to the run's metrics as ``metric.<key>``."""
+    from glide.tracking.registry import (
+        LEGACY_METRIC_PREFIX,
+        ModelRegistry,
+        PromotionConfig,
+        version_model_id,
+    )
 
+    registry = ModelRegistry(client, PromotionConfig())
     wanted = [client.get_model_version(name, str(v)) for v in versions] or sorted(
         client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)
     )
@@ -133,11 +140,13 @@ def fetch_model_versions(client: Any, name: str, versions: Sequence[str] = ()) -
     for mv in wanted:
         extra = {}
         for key, value in (mv.tags or {}).items():
-            if key.startswith(METRIC_PREFIX):
+            if key.startswith(LEGACY_METRIC_PREFIX):
                 try:
                     extra[key] = float(value)
                 except ValueError:
                     continue
+        for key, value in registry.model_metrics(version_model_id(mv)).items():
+            extra[f"{LEGACY_METRIC_PREFIX}{key}"] = value
         marks = "".join(f" @{a}" for a in sorted(aliases.get(str(mv.version), [])))
         label = f"{name} v{mv.version}{marks}"
         if mv.run_id:

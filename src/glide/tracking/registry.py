@@ -1,17 +1,22 @@
 """MLflow Model Registry: register trained models with lineage, gate them, move aliases.
 
 Every model the pipeline trains (``models/<name>/model.pt``) becomes a version of a registered
-model (``glide-base``, ``glide-upsampler``, ``glide-inpaint``, ``glide-clip``) tagged with
+model (``glide-base``, ``glide-upsampler``, ``glide-inpaint``, ``glide-clip``). Its source is the
+training run's MLflow logged model holding that export (:mod:`glide.tracking.mlflow_model`; logged
+here when the run has none), and the evaluation metrics are logged against that logged model
+(MLflow 3 model metrics, through the evaluate run): the UI lists them on the model's page, which
+the version's page links ("Source Model"), and the version's description shows the gated ones.
+The version's tags (at most :data:`MAX_VERSION_TAGS`, whatever the evaluation sweep) are
 
 - ``glide.sha256`` (the export's digest: registering the same file again is a no-op),
 - ``lineage.*``: git commit, the ``dvc.lock`` hashes of the training stage's data and config,
   the MLflow runs that trained and evaluated it,
-- ``metric.*``: the metrics the gate reads plus a short summary (``summary.*`` of
-  ``metrics/evaluate.json``), at most ``max_metric_tags``; every other metric stays on the
-  evaluate run (``lineage.evaluate_run_id``), where the gate also looks them up,
 - ``train.*``: how training ended (``train.stopped_by``: ``max_steps``, or ``max_time`` for a
   model the time cap truncated; ``train.steps``: ``<done>/<max_steps>``), from the export,
 - ``promotion.*``: the gate's decision and its reasons.
+
+Versions registered before the metrics moved to the logged model carry them as ``metric.*`` tags;
+the gate still reads those (:meth:`ModelRegistry.version_metrics`).
 
 Aliases: ``champion`` (in production), ``previous`` (the champion it replaced; rollback target)
 and ``challenger`` (the latest version that failed the gate). :func:`evaluate_gate` is a pure
@@ -25,6 +30,7 @@ import json
 import subprocess
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +50,9 @@ __all__ = [
     "file_sha256",
     "flatten_metrics",
     "lineage_tags",
+    "mlflow_metric_name",
     "training_outcome",
+    "version_model_id",
 ]
 
 EXPORT_FILE = "model.pt"
@@ -64,7 +72,10 @@ TAG_EVALUATE_RUN = "lineage.evaluate_run_id"
 TAG_STOPPED_BY = "train.stopped_by"
 TAG_STEPS = "train.steps"
 COMPLETED = "max_steps"  # glide.training.run.STOPPED_BY_STEPS (not imported: torch-free module)
-METRIC_PREFIX = "metric."
+LEGACY_METRIC_PREFIX = "metric."  # version tags of the metrics, before they moved to the model
+MAX_VERSION_TAGS = 20  # sha + 11 lineage + 2 train + 5 promotion tags: 19 at most
+NOT_MODEL_METRICS = ("info.",)  # evaluation bookkeeping (images generated, cached), not quality
+METRICS_PER_BATCH = 1000  # MLflow's cap on metrics in one log_batch
 
 
 class RegistryError(RuntimeError):
@@ -100,8 +111,6 @@ class PromotionConfig:
     models: Mapping[str, str] = field(default_factory=dict)  # registered name -> export folder
     rules: tuple[MetricRule, ...] = ()
     tolerance: float = 0.0  # default allowed regression against the champion (absolute)
-    tag_metrics: tuple[str, ...] = ("summary.",)  # prefixes tagged on versions (with the gated)
-    max_metric_tags: int = 16  # cap on metric.* tags beyond the gated metrics
     auto_promote: bool = True  # the register stage applies the gate (else: challenger only)
     champion_alias: str = "champion"
     previous_alias: str = "previous"
@@ -197,6 +206,18 @@ def training_outcome(model_dir: str | Path) -> TrainingOutcome | None:
     return outcome
 
 
+def mlflow_metric_name(key: str) -> str:
+    """``key`` as MLflow stores it (``+`` is not allowed in a metric name): ``samplers.dpm++-10.x``
+    -> ``samplers.dpmpp-10.x``, as the evaluate run logs it."""
+    return key.replace("+", "p")
+
+
+def _lookup(metrics: Mapping[str, float], key: str) -> float | None:
+    """``metrics[key]``, or under its MLflow name (metrics read back from the store)."""
+    value = metrics.get(key)
+    return metrics.get(mlflow_metric_name(key)) if value is None else value
+
+
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """``{"cfg": {"3": {"fd_clip": 1.0}}}`` -> ``{"cfg.3.fd_clip": 1.0}`` (numbers only)."""
     out: dict[str, float] = {}
@@ -228,7 +249,7 @@ def evaluate_gate(
             passed = False
             reasons.append(f"FAIL {what} (train every step, or set promotion.allow_truncated)")
     for rule in config.rules:
-        value = candidate.get(rule.metric)
+        value = _lookup(candidate, rule.metric)
         if value is None:
             if rule.required:
                 passed = False
@@ -241,7 +262,7 @@ def evaluate_gate(
             passed = False
             reasons.append(f"FAIL {rule.metric}={value:.6g} > max {rule.max:g}")
         if rule.baseline is not None:
-            best, label = candidate.get(rule.baseline), rule.baseline
+            best, label = _lookup(candidate, rule.baseline), rule.baseline
             if best is None:
                 passed = passed and not rule.required
                 verdict = "FAIL" if rule.required else "ok"
@@ -250,7 +271,7 @@ def evaluate_gate(
                 )
                 continue
         else:
-            best, label = (champion.get(rule.metric) if champion is not None else None), None
+            best, label = (_lookup(champion, rule.metric) if champion is not None else None), None
         if best is None:
             reasons.append(f"ok {rule.metric}={value:.6g} (no {champion_label} value to compare)")
             continue
@@ -434,17 +455,38 @@ class ModelRegistry:
             raise RegistryError(f"registered model {name!r} has no version {version}") from None
 
     def version_metrics(self, name: str, version: str | int) -> dict[str, float]:
-        """A version's metrics: its ``metric.*`` tags as floats, completed by the metrics of the
-        evaluate run it links (``lineage.evaluate_run_id``) for the keys not tagged."""
-        tags = self.version(name, version).tags or {}
+        """A version's metrics: those of its logged model (MLflow names, the latest value of
+        each), else the ``metric.*`` tags of a version registered before they moved there, then
+        the metrics of the evaluate run it links (``lineage.evaluate_run_id``) for the rest."""
+        entity = self.version(name, version)
+        tags = entity.tags or {}
         out = self._run_metrics(tags.get(TAG_EVALUATE_RUN))
         for key, value in tags.items():
-            if key.startswith(METRIC_PREFIX):
+            if key.startswith(LEGACY_METRIC_PREFIX):
                 try:
-                    out[key[len(METRIC_PREFIX) :]] = float(value)
+                    out[key[len(LEGACY_METRIC_PREFIX) :]] = float(value)
                 except ValueError:
                     continue
+        out.update(self.model_metrics(version_model_id(entity)))
         return out
+
+    def model_metrics(self, model_id: str | None) -> dict[str, float]:
+        """The metrics of logged model ``model_id``: the latest value of each (by step, then
+        time); empty without a model (or one this store does not have)."""
+        from mlflow.exceptions import MlflowException
+
+        if not model_id:
+            return {}
+        try:
+            metrics = self.client.get_logged_model(model_id).metrics or []
+        except (MlflowException, AttributeError):
+            return {}
+        latest: dict[str, Any] = {}
+        for m in metrics:
+            seen = latest.get(m.key)
+            if seen is None or (m.step, m.timestamp) >= (seen.step, seen.timestamp):
+                latest[m.key] = m
+        return {k: float(m.value) for k, m in latest.items()}
 
     def _run_metrics(self, run_id: str | None) -> dict[str, float]:
         from mlflow.exceptions import MlflowException
@@ -456,21 +498,61 @@ class ModelRegistry:
         except MlflowException:  # deleted, or from another store: the tags still hold
             return {}
 
-    def tagged_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        """The metrics a new version carries as tags: every metric a gate rule reads, then at most
-        ``max_metric_tags`` of those under the ``tag_metrics`` prefixes (in key order)."""
-        gated = {r.metric for r in self.config.rules}
-        out = {k: v for k, v in metrics.items() if k in gated}
-        prefixes = tuple(self.config.tag_metrics)
-        extra = sorted(k for k in metrics if k not in gated and k.startswith(prefixes))
-        out.update({k: metrics[k] for k in extra[: max(0, self.config.max_metric_tags)]})
-        return out
+    def _log_model_metrics(
+        self,
+        model_id: str,
+        metrics: Mapping[str, float],
+        *,
+        run_id: str,
+        evaluate_run_id: str | None,
+    ) -> None:
+        """Log ``metrics`` against logged model ``model_id`` (MLflow 3 model metrics), through the
+        evaluate run when this store has it (else ``run_id``, the version's run), each with the
+        time and step the evaluate run logged it at, so that run's history gains no duplicate;
+        keys the model already has are left as they are (a re-run is a no-op)."""
+        from mlflow.entities import Metric
+        from mlflow.exceptions import MlflowException
+
+        named = {
+            mlflow_metric_name(k): float(v)
+            for k, v in metrics.items()
+            if not k.startswith(NOT_MODEL_METRICS)
+        }
+        have = set(self.model_metrics(model_id))
+        named = {k: v for k, v in named.items() if k not in have}
+        if not named:
+            return
+        writer, stamps = run_id, {}
+        if evaluate_run_id:
+            try:
+                evaluate = self.client.get_run(evaluate_run_id)
+            except MlflowException:  # deleted, or from another store
+                evaluate = None
+            if evaluate is not None and evaluate.info.lifecycle_stage == "active":
+                writer = evaluate_run_id
+                for m in getattr(evaluate.data, "_metric_objs", None) or ():
+                    if named.get(m.key) == m.value:
+                        stamps[m.key] = (m.timestamp, m.step)
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, value, *stamps.get(key, (now, 0)), model_id=model_id)
+            for key, value in sorted(named.items())
+        ]
+        for i in range(0, len(batch), METRICS_PER_BATCH):
+            self.client.log_batch(writer, metrics=batch[i : i + METRICS_PER_BATCH])
 
     def _description(
-        self, model_file: Path, sha: str, run_id: str, evaluate_run_id: str | None
+        self,
+        model_file: Path,
+        sha: str,
+        run_id: str,
+        evaluate_run_id: str | None,
+        model_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> str:
-        """Markdown for the version page: the export, and links to its training and evaluate runs
-        (the training run's page lists the datasets it read and links their prepare run)."""
+        """Markdown for the version page: the export, links to its training and evaluate runs
+        (the training run's page lists the datasets it read and links their prepare run) and to
+        its logged model (every evaluation metric), and the values of the gated metrics."""
         from mlflow.exceptions import MlflowException
 
         from glide.tracking.datasets import run_link
@@ -486,9 +568,56 @@ class ModelRegistry:
                 continue
             name = run.info.run_name or rid[:8]
             lines.append(f"- {label} {run_link(run.info.experiment_id, rid, name)}")
-        if evaluate_run_id:
-            lines.append("\nEvery evaluation metric and sample grid is on the evaluate run.")
+        count = len(self.model_metrics(model_id))
+        if model_id and count:
+            try:
+                experiment_id = self.client.get_logged_model(model_id).experiment_id
+                where = f"[{model_id}](#/experiments/{experiment_id}/models/{model_id})"
+            except (MlflowException, AttributeError):
+                where = f"`{model_id}`"
+            lines.append(f"- All {count} evaluation metrics on its logged model {where}")
+        gated = sorted(
+            {r.metric for r in self.config.rules}
+            | {r.baseline for r in self.config.rules if r.baseline}
+        )
+        rows = [(k, _lookup(metrics or {}, k)) for k in gated]
+        rows = [(k, v) for k, v in rows if v is not None]
+        if rows:
+            lines += ["", "| gated metric | value |", "|---|---|"]
+            lines += [f"| `{k}` | {v:.6g} |" for k, v in rows]
         return "\n".join(lines)
+
+    def _list_version_on_model(self, model_id: str, name: str, version: str) -> None:
+        """Name the version on its logged model (tag ``mlflow.modelVersions``, as
+        ``mlflow.register_model`` does): the model's page then links its registered versions."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+        try:
+            tags = self.client.get_logged_model(model_id).tags or {}
+        except MlflowException:  # deleted, or in another store: nothing to link
+            return
+        try:
+            listed = json.loads(tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        except ValueError:
+            listed = []
+        entry = {"name": name, "version": int(version)}
+        if entry not in listed:
+            value = json.dumps([*listed, entry])
+            self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: value})
+
+    def _store_as_default(self) -> AbstractContextManager[Any]:
+        """This client's tracking store as MLflow's default while the block runs: an SQLite
+        registry resolves a ``models:/<model id>`` source with a default ``MlflowClient()``
+        (a TODO in MLflow 3's ``SqlAlchemyStore.create_model_version``), not the caller's."""
+        uri = getattr(self.client, "tracking_uri", None)
+        if not isinstance(uri, str):
+            return nullcontext()
+        try:
+            from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+        except ImportError:  # moved in another MLflow release: the default store it is
+            return nullcontext()
+        return _use_tracking_uri(uri)
 
     def find_by_sha(self, name: str, sha: str) -> Any | None:
         """The version registered from the export with digest ``sha``, if any."""
@@ -509,14 +638,19 @@ class ModelRegistry:
             )
 
     def _source(
-        self, *, name: str, model_file: Path, run_id: str | None, experiment: str
-    ) -> tuple[str, str, str | None]:
+        self, *, name: str, model_file: Path, sha: str, run_id: str | None, experiment: str
+    ) -> tuple[str, str, str]:
         """(source URI, run id, logged-model id) for a new version of ``name``.
 
-        Prefers the MLflow model the training run logged; else the run's ``export/`` folder
-        (uploading ``model.pt`` there when missing); without a run, a new ``import_<name>`` run.
+        The source is the logged model of the training run that holds this export (tag
+        ``glide.sha256``); a run without one (``train.log_mlflow_model=false``, a model logged
+        before the format changed) gets it logged here, from ``model_file``. Without a run, a new
+        ``import_<name>`` run. The run's ``export/`` folder (what ``glide sample`` reads) gets
+        ``model.pt`` when it lacks it.
         """
         from mlflow.exceptions import MlflowException
+
+        from glide.tracking.mlflow_model import log_export_model
 
         run = None
         if run_id:
@@ -533,20 +667,36 @@ class ModelRegistry:
             self.client.log_artifact(run.info.run_id, str(model_file), EXPORT_ARTIFACT_DIR)
             self.client.set_terminated(run.info.run_id)
         run_id = run.info.run_id
-        try:
-            logged = self.client.search_logged_models(
-                experiment_ids=[run.info.experiment_id],
-                filter_string=f"source_run_id='{run_id}'",
-            )
-        except (MlflowException, AttributeError):
-            logged = []
         names = [a.path for a in self.client.list_artifacts(run_id, EXPORT_ARTIFACT_DIR)]
         if f"{EXPORT_ARTIFACT_DIR}/{EXPORT_FILE}" not in names:
             self.client.log_artifact(run_id, str(model_file), EXPORT_ARTIFACT_DIR)
-        if logged:
-            model = logged[0]
-            return f"models:/{model.model_id}", run_id, model.model_id
-        return f"runs:/{run_id}/{EXPORT_ARTIFACT_DIR}", run_id, None
+        model_id = self._logged_model(run, sha)
+        if model_id is None:
+            model_id = log_export_model(
+                self.client, run_id=run_id, model_file=model_file, sha256=sha
+            )
+        return f"models:/{model_id}", run_id, model_id
+
+    def _logged_model(self, run: Any, sha: str) -> str | None:
+        """The newest ready logged model of ``run`` that holds the export with digest ``sha``."""
+        from mlflow.entities import LoggedModelStatus
+        from mlflow.exceptions import MlflowException
+
+        from glide.tracking.mlflow_model import TAG_MODEL_SHA
+
+        try:
+            logged = self.client.search_logged_models(
+                experiment_ids=[run.info.experiment_id],
+                filter_string=f"source_run_id='{run.info.run_id}'",
+            )
+        except (MlflowException, AttributeError):
+            return None
+        hits = [
+            m
+            for m in logged
+            if (m.tags or {}).get(TAG_MODEL_SHA) == sha and m.status == LoggedModelStatus.READY
+        ]
+        return max(hits, key=lambda m: m.creation_timestamp).model_id if hits else None
 
     def register(
         self,
@@ -559,8 +709,9 @@ class ModelRegistry:
         evaluate_run_id: str | None = None,
     ) -> RegistrationResult:
         """Register ``model_dir/model.pt`` as a new version of ``name`` (once per file digest)
-        and, with ``auto_promote``, pass it through the gate. ``evaluate_run_id`` (the run that
-        wrote ``metrics``) is linked from the version for the metrics it does not carry."""
+        and, with ``auto_promote``, pass it through the gate. ``metrics`` (flattened
+        ``metrics/evaluate.json``) are logged against the version's logged model, through
+        ``evaluate_run_id`` (the run that wrote them, linked from the version) when given."""
         model_file = Path(model_dir) / EXPORT_FILE
         if not model_file.is_file():
             raise RegistryError(f"{model_file} not found: train it first (dvc repro)")
@@ -572,7 +723,11 @@ class ModelRegistry:
             run_file = Path(model_dir) / RUN_ID_FILE
             run_id = run_file.read_text().strip() if run_file.is_file() else None
             source, run_id, model_id = self._source(
-                name=name, model_file=model_file, run_id=run_id, experiment=experiment
+                name=name, model_file=model_file, sha=sha, run_id=run_id, experiment=experiment
+            )
+            # before the version exists: a version never lacks its metrics
+            self._log_model_metrics(
+                model_id, metrics, run_id=run_id, evaluate_run_id=evaluate_run_id
             )
             tags = {TAG_SHA: sha, **lineage, TAG_TRAIN_RUN: run_id}
             outcome = training_outcome(model_dir)
@@ -580,18 +735,22 @@ class ModelRegistry:
                 tags.update(outcome.tags())
             if evaluate_run_id:
                 tags[TAG_EVALUATE_RUN] = evaluate_run_id
-            tags.update(
-                {f"{METRIC_PREFIX}{k}": repr(v) for k, v in self.tagged_metrics(metrics).items()}
+            description = self._description(
+                model_file, sha, run_id, evaluate_run_id, model_id, metrics
             )
-            existing = self.client.create_model_version(
-                name,
-                source,
-                run_id=run_id,
-                tags={k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items()},
-                description=self._description(model_file, sha, run_id, evaluate_run_id),
-                model_id=model_id,
-            )
+            with self._store_as_default():
+                existing = self.client.create_model_version(
+                    name,
+                    source,
+                    run_id=run_id,
+                    tags={k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items()},
+                    description=description,
+                    model_id=model_id,
+                )
         version = str(existing.version)
+        model_id = version_model_id(existing)
+        if model_id:  # again on a re-run: registration may have stopped before it
+            self._list_version_on_model(model_id, name, version)
         decision = (self.version(name, version).tags or {}).get(TAG_DECISION)
         if decision is None:  # new, or registration was interrupted before the gate
             if self.config.auto_promote:
@@ -717,3 +876,13 @@ class ModelRegistry:
         self._tag(name, champion, {TAG_DECISION: "rolled_back", TAG_REASONS: reason})
         self._tag(name, champion, {TAG_DECIDED_AT: stamp})
         return PromotionResult(name, previous, "champion", gate, champion, True)
+
+
+def version_model_id(version: Any) -> str | None:
+    """The logged model a version was registered from (MLflow 3), if any."""
+    model_id = getattr(version, "model_id", None)
+    if model_id:
+        return str(model_id)
+    source = str(getattr(version, "source", "") or "")
+    body = source[len("models:/") :] if source.startswith("models:/") else ""
+    return body if body.startswith("m-") and "/" not in body else None

@@ -146,24 +146,3 @@ class DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefix)
-
-
-def log_pytorch_model(model: Any, *, run_id: str, tracking_uri: str) -> None:
-    """``model`` as the MLflow logged model ``model`` of run ``run_id`` (pickle flavour)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    # The pickle format is chosen (see below); MLflow's advice to switch is not for our users.
-    warn_log = logging.getLogger("mlflow.pytorch")
-    drop = DropMessage("Saving pytorch model by Pickle")
-    warn_log.addFilter(drop)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(
-                model,
-                name="model",
-                serialization_format="pickle",  # pt2 would need a traced example per model kind
-                pip_requirements=["torch", "glide-pipeline"],  # skip slow requirement inference
-            )
-    finally:
-        warn_log.removeFilter(drop)

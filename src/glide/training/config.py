@@ -152,7 +152,7 @@ class TrainConfig:
     # run of this same config that did not finish (what `dvc repro` after a stop needs); false
     resume: bool | str = False
     progress: bool = True
-    log_mlflow_model: bool = True  # also log the EMA model with mlflow.pytorch.log_model
+    log_mlflow_model: bool = True  # also log the export as the run's MLflow logged model
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     upsample: UpsampleConfig = field(default_factory=UpsampleConfig)

@@ -54,7 +54,7 @@ from glide.tracking.buffer import (
 )
 from glide.tracking.datasets import DataRef, link_inputs
 from glide.tracking.registry import file_sha256
-from glide.tracking.runs import DropMessage, log_pytorch_model
+from glide.tracking.runs import DropMessage
 from glide.tracking.store import dvc_experiment_tags, prepare_store, store_root
 from glide.training.callbacks import SampleGrid, TrainMonitor
 from glide.training.checkpoint import (
@@ -647,7 +647,7 @@ def _train(
     deferred = []
     if config.log_mlflow_model:
         if client.flush():
-            _log_mlflow_model(module, run_id=run_id, tracking_uri=logger._tracking_uri)
+            _log_mlflow_model(model_path, run_id=run_id, tracking_uri=logger._tracking_uri)
         else:  # the server is down: replay logs the model from the export
             deferred.append({"op": "log_model", "run_id": run_id, "model_file": str(model_path)})
     if not client.flush() or deferred:
@@ -670,8 +670,15 @@ def _save_pending(
     )
 
 
-def _log_mlflow_model(module: GlideModule, *, run_id: str, tracking_uri: str) -> None:
-    """The EMA network as an MLflow logged model (``runs:/<run_id>/model``): what the registry
-    promotes (``models:/glide-<name>@champion``); ``export/model.pt`` beside it is the
-    ``weights_only`` file that glide's own loaders read."""
-    log_pytorch_model(module.ema.model.cpu().eval(), run_id=run_id, tracking_uri=tracking_uri)
+def _log_mlflow_model(model_file: Path, *, run_id: str, tracking_uri: str) -> None:
+    """The export (the EMA network) as the run's MLflow logged model ``model``
+    (``runs:/<run_id>/model``), what the registry registers (``models:/glide-<name>@champion``):
+    a ``python_function`` model holding ``model.pt``, nothing pickled
+    (:mod:`glide.tracking.mlflow_model`)."""
+    import mlflow
+
+    from glide.tracking.mlflow_model import log_export_model
+    from glide.tracking.store import RetryLocked
+
+    client = RetryLocked(mlflow.MlflowClient(tracking_uri=tracking_uri))
+    log_export_model(client, run_id=run_id, model_file=model_file)
