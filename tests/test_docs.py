@@ -372,11 +372,22 @@ def _pipeline_error(script: str, args: list[str]) -> str | None:
             overrides.append(arg)
     if flags and script != "pipelines/prepare.py":  # only prepare hands flags to hydra.main
         return f"{script} takes Hydra overrides only, not {' '.join(flags)}"
+    if any(o.startswith("hydra/launcher=submitit") for o in overrides) and not _has_submitit():
+        # the `slurm` extra (not in `.[dev]`): check the command's own keys without the launcher
+        overrides = [
+            o for o in overrides if not o.startswith(("hydra/launcher=", "hydra.launcher."))
+        ]
     if script == "pipelines/evaluate.py":  # the stage selects its evaluate group itself
         overrides = _stage_function(REPO / script, "_overrides")(overrides)
     elif script not in {"pipelines/prepare.py", "pipelines/train.py", "pipelines/register.py"}:
         return f"the docs check does not know how {script} reads its arguments"
     return _compose_error(overrides, multirun=multirun)
+
+
+def _has_submitit() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
 
 
 def _stage_function(path: Path, name: str) -> Callable[..., Any]:
