@@ -4,10 +4,8 @@ as the student, and training that lowers the distillation loss on the fixed prob
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +14,10 @@ import pytest
 from glide.models.export import save_model
 from glide.sampling import LoadedModel
 from tests.conftest import REPO_ROOT
+from tests.helpers import load_script
 from tests.test_sampling_support import micro_model
 
-_spec = importlib.util.spec_from_file_location(
-    "distill_learning_benchmark", REPO_ROOT / "benchmarks" / "distill_learning.py"
-)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["distill_learning_benchmark"] = bench  # dataclasses look their module up there
-_spec.loader.exec_module(bench)
+bench = load_script(REPO_ROOT / "benchmarks" / "distill_learning.py", "distill_learning_benchmark")
 
 
 @pytest.fixture(scope="module")

@@ -481,3 +481,9 @@ def test_the_distilled_recipe_samples_each_student_on_the_grid_it_learned() -> N
     assert (stage_one.sampler.label, stage_one.upsample_sampler.label) == ("dpm++-10", "fast27")
     assert stage_one.upsample_temperature == 0.997  # the release's, for a plain upsampler
     assert for_models(RECIPES["balanced"], pd4, up_pd2) is RECIPES["balanced"]
+    # the CLI keeps its own copies of the default paths (its --help does not import torch)
+    from glide import cli
+    from glide.sampling import recipes
+
+    assert (cli.DISTILLED_BASE, cli.DISTILLED_UPSAMPLER) == (
+        recipes.DISTILLED_BASE, recipes.DISTILLED_UPSAMPLER)  # fmt: skip

@@ -6,7 +6,6 @@ against the teacher's row."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,18 +16,13 @@ import pytest
 from glide.models.export import save_model
 from glide.sampling import LoadedModel
 from tests.conftest import REPO_ROOT
+from tests.helpers import load_script
 from tests.test_distill import _save_student
 from tests.test_sampling_support import micro_model, write_shapes_coco
 
 
 def _stage(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_stage", REPO_ROOT / "pipelines" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "pipelines" / f"{name}.py", f"{name}_stage")
 
 
 def _save(loaded: LoadedModel, path: Path, sampler: str | None = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,14 +16,10 @@ from glide.evaluation import EvaluateConfig, summarize
 from glide.models.export import save_model
 from glide.sampling import LoadedModel
 from tests.conftest import REPO_ROOT
+from tests.helpers import load_script
 from tests.test_sampling_support import micro_model, write_shapes_coco
 
-_spec = importlib.util.spec_from_file_location(
-    "evaluate_stage", REPO_ROOT / "pipelines" / "evaluate.py"
-)
-assert _spec is not None and _spec.loader is not None
-evaluate_stage = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_stage)
+evaluate_stage = load_script(REPO_ROOT / "pipelines" / "evaluate.py", "evaluate_stage")
 
 
 def test_summary_reports_the_gain_of_guidance() -> None:

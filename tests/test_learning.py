@@ -3,22 +3,15 @@ recipe learns its captions' colours within minutes on a CPU."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
+from tests.helpers import load_script
 
-_spec = importlib.util.spec_from_file_location(
-    "learning_benchmark", REPO_ROOT / "benchmarks" / "learning.py"
-)
-assert _spec is not None and _spec.loader is not None
-learning = importlib.util.module_from_spec(_spec)
-sys.modules["learning_benchmark"] = learning  # dataclasses look their module up there
-_spec.loader.exec_module(learning)
+learning = load_script(REPO_ROOT / "benchmarks" / "learning.py", "learning_benchmark")
 
 
 def test_default_recipe_is_the_pipelines_and_glide_is_one_switch_away() -> None:

@@ -46,7 +46,6 @@ RECIPE_HELP = {
     "models/upsampler-distilled-pd2",
 }
 DEFAULT_RECIPE = "balanced"  # glide.sampling.DEFAULT_RECIPE (not imported: --help stays fast)
-CLIP_SAMPLER_ERROR = "CLIP guidance needs --sampler ancestral, fast27 or ddim (not dpm++)"
 DISTILLED_BASE = "models/base-distilled-pd4"  # glide.sampling.recipes.DISTILLED_BASE
 DISTILLED_UPSAMPLER = "models/upsampler-distilled-pd2"  # ... .DISTILLED_UPSAMPLER
 
@@ -240,16 +239,7 @@ def _generate(args: argparse.Namespace, *, inpaint: bool) -> int:
     if args.precision is not None:
         execution = dataclasses.replace(execution, precision=args.precision)
 
-    from glide.sampling import parse_sampler
-
-    shown = ((args.sampler, args.steps), (args.upsample_sampler, args.upsample_steps))
-    for stage, (text, steps) in enumerate(shown):
-        try:  # a mistyped sampler fails before any model is loaded
-            spec = parse_sampler(text, steps) if text is not None else None
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        if stage == 0 and spec is not None and clip_scale and spec.name == "dpm++":
-            raise CLIError(CLIP_SAMPLER_ERROR)
+    _samplers(args, recipe, clip=bool(clip_scale))  # a mistyped sampler fails before loading
     distilled = args.recipe == "distilled" and not inpaint
     if args.base is None:
         args.base = DISTILLED_BASE if distilled else args.default_base
@@ -415,7 +405,7 @@ def _samplers(
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if clip and sampler.name == "dpm++":
-        raise CLIError(CLIP_SAMPLER_ERROR)
+        raise CLIError("CLIP guidance needs --sampler ancestral, fast27 or ddim (not dpm++)")
     return sampler, up_sampler
 
 

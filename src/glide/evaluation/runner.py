@@ -364,7 +364,7 @@ class Evaluator:
             "inpaint": inpaint, "distilled": distilled,
             "distilled_upsampler": distilled_upsampler or upsampler,
         }  # fmt: skip
-        self._digests: dict[str, str | None] = {}
+        self._digests: dict[int, str] = {}
 
         self.features: NoisedCLIPScorer | None = None
         self.scorer: CLIPScorer | None = None
@@ -444,10 +444,13 @@ class Evaluator:
     def _digest(self, name: str) -> str | None:
         """The weights' digest of network ``name`` (hashed once, and only when a cache key
         needs it: a 385M-parameter base takes seconds)."""
-        if name not in self._digests:
-            loaded = self._networks[name]
-            self._digests[name] = None if loaded is None else model_digest(loaded.model)
-        return self._digests[name]
+        loaded = self._networks[name]
+        if loaded is None:
+            return None
+        # by identity: the distilled cascade may share the teacher's upsampler (hashed once)
+        if id(loaded) not in self._digests:
+            self._digests[id(loaded)] = model_digest(loaded.model)
+        return self._digests[id(loaded)]
 
     # ---------------------------------------------------------------------------- sweep points
     def _point_key(

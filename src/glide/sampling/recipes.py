@@ -161,13 +161,15 @@ def for_models(recipe: Recipe, base: Any, upsampler: Any | None = None) -> Recip
 
     if recipe.name != "distilled":
         return recipe
+    plain = RECIPES["balanced"]  # what a model that learned no grid samples with
     hint = getattr(base, "sampler", None)
-    base_spec = parse_sampler(hint) if hint else SamplerSpec("dpm++", FAST_BASE_STEPS)
+    base_spec = parse_sampler(hint) if hint else plain.sampler
     up_hint = getattr(upsampler, "sampler", None)
     if up_hint or upsampler is None:
-        up_spec, temperature = parse_sampler(up_hint or recipe.upsample_sampler.label), 1.0
+        up_spec = parse_sampler(up_hint) if up_hint else recipe.upsample_sampler
+        temperature = recipe.upsample_temperature
     else:
-        up_spec, temperature = SamplerSpec("fast27", 27), 0.997
+        up_spec, temperature = plain.upsample_sampler, plain.upsample_temperature
     return dataclasses.replace(
         recipe, sampler=base_spec, upsample_sampler=up_spec, upsample_temperature=temperature
     )

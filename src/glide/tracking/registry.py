@@ -473,20 +473,24 @@ class ModelRegistry:
     def model_metrics(self, model_id: str | None) -> dict[str, float]:
         """The metrics of logged model ``model_id``: the latest value of each (by step, then
         time); empty without a model (or one this store does not have)."""
-        from mlflow.exceptions import MlflowException
-
-        if not model_id:
-            return {}
-        try:
-            metrics = self.client.get_logged_model(model_id).metrics or []
-        except (MlflowException, AttributeError):
-            return {}
+        model = self._get_logged_model(model_id)
         latest: dict[str, Any] = {}
-        for m in metrics:
+        for m in (model.metrics or []) if model is not None else []:
             seen = latest.get(m.key)
             if seen is None or (m.step, m.timestamp) >= (seen.step, seen.timestamp):
                 latest[m.key] = m
         return {k: float(m.value) for k, m in latest.items()}
+
+    def _get_logged_model(self, model_id: str | None) -> Any | None:
+        """Logged model ``model_id``, or None (no id, deleted, another store, an older MLflow)."""
+        from mlflow.exceptions import MlflowException
+
+        if not model_id:
+            return None
+        try:
+            return self.client.get_logged_model(model_id)
+        except (MlflowException, AttributeError):
+            return None
 
     def _run_metrics(self, run_id: str | None) -> dict[str, float]:
         from mlflow.exceptions import MlflowException
@@ -568,13 +572,10 @@ class ModelRegistry:
                 continue
             name = run.info.run_name or rid[:8]
             lines.append(f"- {label} {run_link(run.info.experiment_id, rid, name)}")
-        count = len(self.model_metrics(model_id))
-        if model_id and count:
-            try:
-                experiment_id = self.client.get_logged_model(model_id).experiment_id
-                where = f"[{model_id}](#/experiments/{experiment_id}/models/{model_id})"
-            except (MlflowException, AttributeError):
-                where = f"`{model_id}`"
+        model = self._get_logged_model(model_id)
+        count = len({m.key for m in model.metrics or []}) if model is not None else 0
+        if count:
+            where = f"[{model_id}](#/experiments/{model.experiment_id}/models/{model_id})"
             lines.append(f"- All {count} evaluation metrics on its logged model {where}")
         gated = sorted(
             {r.metric for r in self.config.rules}
@@ -590,13 +591,12 @@ class ModelRegistry:
     def _list_version_on_model(self, model_id: str, name: str, version: str) -> None:
         """Name the version on its logged model (tag ``mlflow.modelVersions``, as
         ``mlflow.register_model`` does): the model's page then links its registered versions."""
-        from mlflow.exceptions import MlflowException
         from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-        try:
-            tags = self.client.get_logged_model(model_id).tags or {}
-        except MlflowException:  # deleted, or in another store: nothing to link
+        model = self._get_logged_model(model_id)
+        if model is None:  # deleted, or in another store: nothing to link
             return
+        tags = model.tags or {}
         try:
             listed = json.loads(tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
         except ValueError:
